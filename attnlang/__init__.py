@@ -1,0 +1,23 @@
+"""attnlang: a compiler for attention patterns.
+
+Write a mask and score modification as a small program; attnlang checks it, evaluates it
+exactly (the reference), and hands one typed IR to the analysis and code generators.
+
+    >>> import attnlang
+    >>> window = attnlang.stdlib()["streaming"].bind(window=4, sinks=1)
+    >>> window.reference_mask(6, 6)[0].astype(int)
+    array([[1, 0, 0, 0, 0, 0],
+           [1, 1, 0, 0, 0, 0],
+           [1, 1, 1, 0, 0, 0],
+           [1, 1, 1, 1, 0, 0],
+           [1, 1, 1, 1, 1, 0],
+           [1, 0, 1, 1, 1, 1]])
+"""
+
+from .errors import AttnlangError
+from .ir import PatternIR
+from .pattern import Module, Pattern, check_module, load, parse, stdlib, stdlib_dir
+
+__all__ = ["AttnlangError", "Module", "Pattern", "PatternIR", "parse", "load", "stdlib",
+           "stdlib_dir", "check_module"]
+__version__ = "0.1.0"

@@ -1,0 +1,233 @@
+"""The `attnlang` command line: check, list, show.
+
+Every failure the user can cause is printed as an `AttnlangError` report and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AttnlangError
+from .pattern import Module, Pattern, check_module, load, stdlib, stdlib_dir
+from .reference import check_inputs, classify_tiles
+from .render import TILE_LEGEND, TOKEN_LEGEND, render_tiles, render_tokens
+
+__all__ = ["main"]
+
+TOKEN_LEVEL_LIMIT = 96  # above this many tokens on a side, show tiles
+MAX_TILE_COLUMNS = 128
+MAX_HEADS_SHOWN = 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except AttnlangError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `attnlang show ... | head`
+        return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnlang", description="A compiler for attention patterns.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="parse and check pattern files")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(run=_run_check)
+
+    listing = commands.add_parser("list", help="list patterns and their parameters")
+    listing.add_argument("file", nargs="?", metavar="FILE", help="default: the standard library")
+    listing.set_defaults(run=_run_list)
+
+    show = commands.add_parser("show", help="draw a pattern's mask in the terminal")
+    _add_pattern_arguments(show)
+    show.add_argument("--head", type=int, default=None, help="draw only this head")
+    show.set_defaults(run=_run_show)
+    return parser
+
+
+def _add_pattern_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a .attn file (a pattern of the standard library may "
+                        "also be named by its file in patterns/)")
+    parser.add_argument("pattern", metavar="PATTERN")
+    parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
+                        help="bind a parameter (repeatable)")
+    parser.add_argument("--seq", type=int, required=True, metavar="N", help="query length")
+    parser.add_argument("--seq-k", type=int, default=None, metavar="M", help="key length (default: N)")
+    parser.add_argument("--heads", type=int, default=1, metavar="H")
+    parser.add_argument("--block", type=int, default=None, metavar="B", help="tile side (default: auto)")
+    parser.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=V*COUNT,...",
+                        help="a runtime input as runs of values, e.g. doc=0*100,1*28 (repeatable)")
+
+
+# -- check / list --------------------------------------------------------------------------
+
+def _run_check(args) -> int:
+    failed = 0
+    for file in args.files:
+        try:
+            module = load(file, check=False)
+        except AttnlangError as err:
+            print(err, file=sys.stderr)
+            failed += 1
+            continue
+        errors = check_module(module)
+        for err in errors:
+            print(err, file=sys.stderr)
+        if errors:
+            failed += 1
+        else:
+            print(f"ok  {file}: {', '.join(module.names()) or 'no patterns'}")
+    return 2 if failed else 0
+
+
+def _run_list(args) -> int:
+    module = load(args.file) if args.file else stdlib()
+    for pattern in module:
+        params = ", ".join(f"{k} = {_literal(v)}" for k, v in pattern.defaults.items())
+        summary = pattern.doc.splitlines()[0] if pattern.doc else ""
+        print(f"{pattern.name}({params})")
+        if summary:
+            print(f"    {summary}")
+    return 0
+
+
+def _literal(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+
+
+# -- show ----------------------------------------------------------------------------------
+
+def _run_show(args) -> int:
+    pattern = _load_pattern(args)
+    seq_q, seq_k, heads = _lengths(args)
+    inputs = _parse_inputs(args.inputs, pattern, max(seq_q, seq_k))
+    heads_shown = _heads_to_show(pattern, heads, args.head)
+    print(f"{pattern.label}   queries {seq_q} x keys {seq_k}" + (f", {heads} heads" if heads > 1 else ""))
+    if pattern.is_routed:
+        r = pattern.ir.route
+        print(f"note: routing picks {r.top} blocks of {r.block} tokens per query block at run time; "
+              "this is the static mask it chooses from")
+    token_level = max(seq_q, seq_k) <= TOKEN_LEVEL_LIMIT and args.block is None
+    if token_level:
+        mask = pattern.reference_mask(seq_q, seq_k, heads, inputs, static_only=True)
+        for head in heads_shown:
+            _print_head_title(pattern, head, heads_shown)
+            print(render_tokens(mask[head]))
+        print(TOKEN_LEGEND)
+        return 0
+    block = args.block or _auto_block(seq_k)
+    _check_positive("--block", block)
+    checked = check_inputs(pattern.ir, inputs, max(seq_q, seq_k))
+    kinds = classify_tiles(pattern.ir, seq_q, seq_k, heads, block, block, checked)
+    for head in heads_shown:
+        _print_head_title(pattern, head, heads_shown)
+        print(render_tiles(kinds[head], block))
+    print(f"{TILE_LEGEND}   (tiles of {block} x {block} tokens)")
+    return 0
+
+
+def _print_head_title(pattern: Pattern, head: int, shown: list[int]) -> None:
+    if pattern.depends_on_head or len(shown) > 1:
+        print(f"head {head}:")
+
+
+def _heads_to_show(pattern: Pattern, heads: int, head: int | None) -> list[int]:
+    if head is not None:
+        if not 0 <= head < heads:
+            raise AttnlangError(f"--head must be in [0, {heads}), got {head}")
+        return [head]
+    if not pattern.depends_on_head:
+        return [0]
+    if heads <= MAX_HEADS_SHOWN:
+        return list(range(heads))
+    return [0, 1, heads - 2, heads - 1]
+
+
+def _auto_block(seq_k: int) -> int:
+    block = 16
+    while -(-seq_k // block) > MAX_TILE_COLUMNS:
+        block *= 2
+    return block
+
+
+def _lengths(args) -> tuple[int, int, int]:
+    seq_q = args.seq
+    seq_k = args.seq if args.seq_k is None else args.seq_k
+    for flag, value in (("--seq", seq_q), ("--seq-k", seq_k), ("--heads", args.heads)):
+        _check_positive(flag, value)
+    return seq_q, seq_k, args.heads
+
+
+def _check_positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise AttnlangError(f"{flag} must be a positive integer, got {value}")
+
+
+def _load_pattern(args) -> Pattern:
+    path = Path(args.file)
+    if not path.exists() and (stdlib_dir() / path.name).exists():
+        path = stdlib_dir() / path.name
+    module: Module = load(path)
+    pattern = module[args.pattern]
+    return pattern.bind(**_parse_defines(args.defines, pattern))
+
+
+def _parse_defines(defines: list[str], pattern: Pattern) -> dict:
+    values = {}
+    for define in defines:
+        name, sep, text = define.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise AttnlangError(f"-D expects NAME=VALUE, got '{define}'")
+        if name not in pattern.defaults:
+            pattern.bind(**{name: 0})  # raises the "no parameter, did you mean" error
+        values[name] = _parse_value(name, text, pattern.defaults[name])
+    return values
+
+
+def _parse_value(name: str, text: str, default):
+    try:
+        if isinstance(default, bool):
+            if text not in ("true", "false"):
+                raise ValueError
+            return text == "true"
+        if isinstance(default, int):
+            return int(text)
+        return float(text)
+    except ValueError:
+        kind = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise AttnlangError(f"-D {name}: expected {kind}, got '{text}'") from None
+
+
+def _parse_inputs(specs: list[str], pattern: Pattern, length: int) -> dict:
+    inputs = {}
+    for spec in specs:
+        name, sep, runs = spec.partition("=")
+        if not sep or not name.strip():
+            raise AttnlangError(f"--input expects NAME=V*COUNT,..., got '{spec}'")
+        values: list[int] = []
+        for run in runs.split(","):
+            value, star, count = run.strip().partition("*")
+            try:
+                values += [int(value)] * (int(count) if star else 1)
+            except ValueError:
+                raise AttnlangError(f"--input {name.strip()}: cannot read '{run}' (expected V or V*COUNT)") from None
+        inputs[name.strip()] = np.asarray(values, dtype=np.int64)
+    missing = [n for n in pattern.inputs if n not in inputs]
+    if missing:
+        raise AttnlangError(f"pattern '{pattern.name}' needs input '{missing[0]}': pass e.g. "
+                            f"--input {missing[0]}=0*{length // 2},1*{length - length // 2}")
+    return inputs
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The typed intermediate representation: the single thing every later stage consumes.
+
+Parameters are bound, `let` and `use` are inlined, `grid` coordinates are lowered to `//`
+and `%`, numeric promotions are explicit (`Cast`), and constants are folded. Nodes are
+frozen, hashable dataclasses; `str(node)` is attnlang source that parses back to the same
+IR. Consumers (reference evaluator, analysis, code generators) are visitors with one
+method per node class in `NODE_TYPES`; a test checks that none is missing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .errors import Span
+
+__all__ = [
+    "Type", "Expr", "Const", "Var", "Load", "Cast", "Unary", "Binary", "Call", "Select",
+    "NODE_TYPES", "VARIABLES", "RouteIR", "PatternIR", "Visitor", "children", "walk",
+    "replace_children", "substitute", "TRUE", "FALSE",
+]
+
+
+class Type(enum.Enum):
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_number(self) -> bool:
+        return self is not Type.BOOL
+
+
+# The names every body can use, and their types (LANGUAGE.md).
+VARIABLES = {
+    "q": Type.INT, "k": Type.INT, "h": Type.INT, "b": Type.INT,
+    "n_q": Type.INT, "n_k": Type.INT, "heads": Type.INT, "score": Type.FLOAT,
+}
+
+
+def _span():
+    return field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Expr:
+    def __str__(self) -> str:
+        from .printer import print_expr
+        return print_expr(to_ast(self))
+
+
+@dataclass(frozen=True, eq=True)
+class Const(Expr):
+    value: int | float | bool
+    type: Type
+    span: Span | None = _span()
+
+    def __eq__(self, other):
+        # 1 == 1.0 == True in Python; constants of different types are different nodes.
+        return isinstance(other, Const) and self.type == other.type and (
+            self.value == other.value or (self.value != self.value and other.value != other.value))
+
+    def __hash__(self):
+        return hash((Const, self.type, self.value))
+
+
+@dataclass(frozen=True)
+class Var(Expr):
+    """A built-in name: q, k, h, b, n_q, n_k, heads, or score (the logit so far)."""
+
+    name: str
+    type: Type
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    """`input[index]`: one integer of a runtime input, per token."""
+
+    input: str
+    index: Expr
+    span: Span | None = _span()
+    type: Type = field(default=Type.INT, init=False)
+
+
+@dataclass(frozen=True)
+class Cast(Expr):
+    """An int promoted to float where it meets a float (explicit so printers need no rules)."""
+
+    operand: Expr
+    type: Type = Type.FLOAT
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str  # "-" or "not"
+    operand: Expr
+    type: Type
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    """Arithmetic (+ - * / // % **), comparison (== != < <= > >=) or logic (and, or).
+
+    `//` and `%` have Python's floor semantics, for negative operands too.
+    """
+
+    op: str
+    left: Expr
+    right: Expr
+    type: Type
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    """A builtin function (`attnlang.builtins.BUILTINS`); clamp is lowered to min/max."""
+
+    func: str
+    args: tuple[Expr, ...]
+    type: Type
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Select(Expr):
+    """`if cond then then else orelse`."""
+
+    cond: Expr
+    then: Expr
+    orelse: Expr
+    type: Type
+    span: Span | None = _span()
+
+
+NODE_TYPES = (Const, Var, Load, Cast, Unary, Binary, Call, Select)
+
+TRUE = Const(True, Type.BOOL)
+FALSE = Const(False, Type.BOOL)
+
+
+@dataclass(frozen=True)
+class RouteIR:
+    """`route topk(top, block = B, pool = mean, keep = EXPR)`: content-based block routing."""
+
+    top: int
+    block: int
+    pool: str
+    keep: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class PatternIR:
+    """A checked pattern with its parameters bound.
+
+    `mask` is the conjunction of every `mask` statement (TRUE when there is none).
+    `logit` is the final logit as an expression of `Var("score")`, the scaled q·k:
+    each `bias E` adds E, each `score E` replaces it, in source order.
+    """
+
+    name: str
+    params: tuple[tuple[str, int | float | bool], ...]
+    mask: Expr
+    logit: Expr
+    inputs: tuple[str, ...] = ()
+    route: RouteIR | None = None
+    span: Span | None = _span()
+
+    @property
+    def param_dict(self) -> dict:
+        return dict(self.params)
+
+    def uses(self, name: str) -> bool:
+        """Whether the mask, logit or routing refers to built-in variable `name`."""
+        roots = [self.mask, self.logit] + ([self.route.keep] if self.route else [])
+        return any(isinstance(n, Var) and n.name == name for root in roots for n in walk(root))
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k} = {_literal_text(v)}" for k, v in self.params)
+        lines = [f"pattern {self.name}({args}) {{"]
+        lines += [f"    input {name}: int[tokens]" for name in self.inputs]
+        lines.append(f"    mask {self.mask}")
+        if self.logit != Var("score", Type.FLOAT):
+            lines.append(f"    score {self.logit}")
+        if self.route:
+            r = self.route
+            lines.append(f"    route topk({r.top}, block = {r.block}, pool = {r.pool}, keep = {r.keep})")
+        return "\n".join(lines + ["}"]) + "\n"
+
+
+def _literal_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+# -- traversal -----------------------------------------------------------------------------
+
+def children(node: Expr) -> tuple[Expr, ...]:
+    match node:
+        case Const() | Var():
+            return ()
+        case Load(_, index):
+            return (index,)
+        case Cast(operand) | Unary(_, operand):
+            return (operand,)
+        case Binary(_, left, right):
+            return (left, right)
+        case Call(_, args):
+            return args
+        case Select(cond, then, orelse):
+            return (cond, then, orelse)
+    raise TypeError(f"not an IR node: {node!r}")
+
+
+def replace_children(node: Expr, new: tuple[Expr, ...]) -> Expr:
+    """A copy of `node` with its children replaced (same order as `children`)."""
+    match node:
+        case Const() | Var():
+            return node
+        case Load():
+            return Load(node.input, new[0], node.span)
+        case Cast():
+            return Cast(new[0], node.type, node.span)
+        case Unary():
+            return Unary(node.op, new[0], node.type, node.span)
+        case Binary():
+            return Binary(node.op, new[0], new[1], node.type, node.span)
+        case Call():
+            return Call(node.func, tuple(new), node.type, node.span)
+        case Select():
+            return Select(new[0], new[1], new[2], node.type, node.span)
+    raise TypeError(f"not an IR node: {node!r}")
+
+
+def walk(node: Expr):
+    """Every node of the tree, parents before children."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(children(current)))
+
+
+def substitute(node: Expr, replacements: dict[Expr, Expr]) -> Expr:
+    """Replace every occurrence of a key node by its value (used to compose score transforms)."""
+    if node in replacements:
+        return replacements[node]
+    kids = children(node)
+    if not kids:
+        return node
+    return replace_children(node, tuple(substitute(c, replacements) for c in kids))
+
+
+class Visitor:
+    """Base of IR consumers: `visit(node)` calls `visit_<NodeClass>(node)`."""
+
+    def visit(self, node: Expr):
+        return getattr(self, "visit_" + type(node).__name__)(node)
+
+
+# -- printing (IR → AST → text) ------------------------------------------------------------
+
+def to_ast(node: Expr):
+    """The AST expression that prints as this IR node (casts are implicit in the source)."""
+    from . import ast
+    match node:
+        case Const(value, Type.BOOL):
+            return ast.BoolLit(bool(value))
+        case Const(value, Type.INT):
+            return ast.IntLit(int(value))
+        case Const(value, Type.FLOAT):
+            return ast.FloatLit(float(value))
+        case Var(name):
+            return ast.Name(name)
+        case Load(name, index):
+            return ast.Index(name, to_ast(index))
+        case Cast(operand):
+            return to_ast(operand)
+        case Unary(op, operand):
+            return ast.Unary(op, to_ast(operand))
+        case Binary(op, left, right):
+            return ast.Binary(op, to_ast(left), to_ast(right))
+        case Call(func, args):
+            return ast.Call(func, tuple(to_ast(a) for a in args))
+        case Select(cond, then, orelse):
+            return ast.IfExpr(to_ast(cond), to_ast(then), to_ast(orelse))
+    raise TypeError(f"not an IR node: {node!r}")

@@ -1,0 +1,244 @@
+"""The public objects: a `Module` of patterns and a `Pattern` with its parameters bound."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from . import ast, ir, reference
+from .checker import coerce_param, lower_pattern
+from .errors import AttnlangError, Source, did_you_mean
+from .parser import parse_source
+from .printer import print_pattern
+
+__all__ = ["Module", "Pattern", "parse", "load", "stdlib", "stdlib_dir", "check_module"]
+
+
+class Pattern:
+    """A checked pattern with bound parameters: its IR, its reference mask and attention.
+
+    Patterns are immutable; `bind(window=512)` returns a new specialized pattern.
+    """
+
+    def __init__(self, decl: ast.PatternDecl, module: "Module", params: dict | None = None):
+        self.decl = decl
+        self.module = module
+        values = {p.name: p.default.value for p in decl.params}
+        for name, value in (params or {}).items():
+            values[name] = coerce_param(decl, name, value)
+        self._params = values
+        self.ir: ir.PatternIR = lower_pattern(decl, values, module)
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def params(self) -> dict:
+        """Parameter name → bound value (the defaults unless rebound)."""
+        return dict(self._params)
+
+    @property
+    def defaults(self) -> dict:
+        return {p.name: p.default.value for p in self.decl.params}
+
+    @property
+    def doc(self) -> str:
+        """The comment above the declaration."""
+        return self.decl.doc
+
+    @property
+    def source(self) -> str:
+        """The declaration as canonical source text."""
+        return print_pattern(self.decl)
+
+    @property
+    def label(self) -> str:
+        """`name(p=v, ...)`: names plots, caches and kernels."""
+        args = ", ".join(f"{k}={_format_value(v)}" for k, v in self._params.items())
+        return f"{self.name}({args})"
+
+    @property
+    def slug(self) -> str:
+        """`name_p_v...` as an identifier: for file names and generated functions."""
+        parts = [self.name] + [f"{k}_{_format_value(v)}" for k, v in self._params.items()]
+        return "_".join(parts).replace(".", "p").replace("-", "m")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.ir.inputs
+
+    @property
+    def is_routed(self) -> bool:
+        return self.ir.route is not None
+
+    @property
+    def depends_on_head(self) -> bool:
+        return self.ir.uses("h")
+
+    def bind(self, **params) -> "Pattern":
+        """A copy with some parameters rebound; unknown or ill-typed ones raise `AttnlangError`."""
+        return Pattern(self.decl, self.module, {**self._params, **params})
+
+    def __repr__(self) -> str:
+        return f"<Pattern {self.label}>"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Pattern) and self.ir == other.ir
+
+    def __hash__(self) -> int:
+        return hash(self.ir)
+
+    # -- ground truth -----------------------------------------------------------------
+
+    def reference_mask(self, seq_q: int, seq_k: int, heads: int = 1, inputs=None, *, batch: int = 0,
+                       static_only: bool = False, q=None, k=None) -> np.ndarray:
+        """The dense boolean mask, shape `(heads, seq_q, seq_k)` — the ground truth.
+
+        `inputs` maps each declared input to an int array of tokens (1-D, or 2-D per batch,
+        of which row `batch` is used). A routing pattern's mask depends on content: pass
+        `q` and `k` (`(B, H, N, D)` tensors), or `static_only=True` for the static part.
+        """
+        _check_positive("seq_q", seq_q)
+        _check_positive("seq_k", seq_k)
+        _check_positive("heads", heads)
+        checked = reference.check_inputs(self.ir, inputs, max(seq_q, seq_k), batch)
+        static = reference.mask_block(self.ir, range(seq_q), range(seq_k), heads, seq_q, seq_k,
+                                      checked, batch=batch)
+        if not self.is_routed or static_only:
+            return np.ascontiguousarray(static)
+        if q is None or k is None:
+            raise AttnlangError(f"pattern '{self.name}' routes by content: pass q= and k= to reference_mask, "
+                                "or static_only=True for its static mask")
+        import torch
+        keep = reference._keep_mask(self.ir, seq_q, seq_k, heads, checked, batch)
+        routed = reference.routed_mask(self.ir.route, torch.from_numpy(np.ascontiguousarray(static))[None],
+                                       torch.from_numpy(keep)[None], q[batch:batch + 1], k[batch:batch + 1])
+        return routed[0].cpu().numpy()
+
+    def reference_attention(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
+        """Dense softmax attention with this pattern's mask, bias and score (the oracle).
+
+        q: `(B, H, Nq, D)`; k, v: `(B, Hkv, Nk, D)`, Hkv dividing H. Float64 inputs are
+        computed in float64, others in float32; the result has q's dtype. Fully masked rows
+        give 0 (and LSE -inf with `return_lse=True`); gradients flow through torch autograd.
+        """
+        return reference.reference_attention(self.ir, q, k, v, inputs, scale, return_lse)
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise AttnlangError(f"{name} must be a positive int, got {value!r}")
+
+
+class Module:
+    """The patterns of one or more source files. `module["causal"]` is a `Pattern`."""
+
+    def __init__(self, decls: list[ast.PatternDecl], fallback: "Module | None" = None):
+        self._decls: dict[str, ast.PatternDecl] = {}
+        for decl in decls:
+            if decl.name in self._decls:
+                first = self._decls[decl.name].span
+                raise AttnlangError(f"pattern '{decl.name}' is defined twice (first at "
+                                    f"{first.filename}:{first.line})", decl.span)
+            self._decls[decl.name] = decl
+        self._fallback = fallback
+        self._patterns: dict[str, Pattern] = {}
+
+    def resolve(self, name: str) -> ast.PatternDecl | None:
+        """The declaration `use NAME` refers to: this module's first, then the standard library."""
+        if name in self._decls:
+            return self._decls[name]
+        return self._fallback.resolve(name) if self._fallback else None
+
+    def visible_names(self) -> list[str]:
+        """Every pattern `use` can reach from here (for "did you mean")."""
+        return list(self._decls) + (self._fallback.visible_names() if self._fallback else [])
+
+    def names(self) -> list[str]:
+        """The names of the patterns declared in this module, in source order."""
+        return list(self._decls)
+
+    def __getitem__(self, name: str) -> Pattern:
+        if name not in self._decls:
+            raise AttnlangError(f"no pattern '{name}'{did_you_mean(name, self._decls)} "
+                                f"(patterns here: {', '.join(self._decls) or 'none'})")
+        if name not in self._patterns:
+            self._patterns[name] = Pattern(self._decls[name], self)
+        return self._patterns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._decls
+
+    def __iter__(self):
+        return (self[name] for name in self._decls)
+
+    def __len__(self) -> int:
+        return len(self._decls)
+
+    def __repr__(self) -> str:
+        return f"<Module {', '.join(self._decls)}>"
+
+
+def check_module(module: Module) -> list[AttnlangError]:
+    """Check every pattern with its defaults; return the errors (one per failing pattern)."""
+    errors = []
+    for name in module.names():
+        try:
+            module[name]
+        except AttnlangError as err:
+            errors.append(err)
+    return errors
+
+
+def _module_from_sources(sources: list[Source], fallback: Module | None) -> Module:
+    decls: list[ast.PatternDecl] = []
+    for source in sources:
+        decls.extend(parse_source(source).patterns)
+    return Module(decls, fallback)
+
+
+def parse(text: str, filename: str = "<string>", *, check: bool = True) -> Module:
+    """Parse and check a program; `use` and pattern calls also see the standard library."""
+    module = _module_from_sources([Source(text, filename)], stdlib())
+    if check:
+        errors = check_module(module)
+        if errors:
+            raise errors[0]
+    return module
+
+
+def load(path, *, check: bool = True) -> Module:
+    """Parse and check the `.attn` file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise AttnlangError(f"cannot read {path}: {err.strerror or err}") from None
+    return parse(text, str(path), check=check)
+
+
+def stdlib_dir() -> Path:
+    """The folder holding the standard library's `.attn` files (installed or in a checkout)."""
+    installed = Path(__file__).parent / "patterns"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).parent.parent / "patterns"
+
+
+@functools.cache
+def stdlib() -> Module:
+    """Every pattern of the standard library (`patterns/*.attn`) in one module."""
+    files = sorted(stdlib_dir().glob("*.attn"))
+    sources = [Source(f.read_text(), str(f.relative_to(stdlib_dir().parent))) for f in files]
+    return _module_from_sources(sources, None)
