@@ -14,10 +14,11 @@ exactly (the reference), and hands one typed IR to the analysis and code generat
            [1, 0, 1, 1, 1, 1]])
 """
 
+from .analysis import EMPTY, FULL, PARTIAL, BlockMap
 from .errors import AttnlangError
 from .ir import PatternIR
 from .pattern import Module, Pattern, check_module, load, parse, stdlib, stdlib_dir
 
-__all__ = ["AttnlangError", "Module", "Pattern", "PatternIR", "parse", "load", "stdlib",
-           "stdlib_dir", "check_module"]
+__all__ = ["AttnlangError", "Module", "Pattern", "PatternIR", "BlockMap", "EMPTY", "PARTIAL", "FULL",
+           "parse", "load", "stdlib", "stdlib_dir", "check_module"]
 __version__ = "0.1.0"

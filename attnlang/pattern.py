@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from .checker import coerce_param, lower_pattern
 from .errors import AttnlangError, Source, did_you_mean
 from .parser import parse_source
 from .printer import print_pattern
+
+if TYPE_CHECKING:
+    from .analysis import BlockMap
 
 __all__ = ["Module", "Pattern", "parse", "load", "stdlib", "stdlib_dir", "check_module"]
 
@@ -119,6 +123,33 @@ class Pattern:
         routed = reference.routed_mask(self.ir.route, torch.from_numpy(np.ascontiguousarray(static))[None],
                                        torch.from_numpy(keep)[None], q[batch:batch + 1], k[batch:batch + 1])
         return routed[0].cpu().numpy()
+
+    # -- analysis and export ------------------------------------------------------------
+
+    def analyze(self, seq_q: int, seq_k: int | None = None, heads: int = 1, block=128, inputs=None,
+                *, batch: int = 0) -> "BlockMap":
+        """The block map: which tiles are EMPTY / PARTIAL / FULL, exactly, without N² work.
+
+        `block` is an int or a `(block_q, block_k)` pair; `inputs` as for `reference_mask`.
+        For a routing pattern this is the static map the routing chooses from.
+        """
+        from .analysis import analyze_blocks
+        return analyze_blocks(self.ir, seq_q, seq_q if seq_k is None else seq_k, heads, block, inputs, batch)
+
+    def flex_mods(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None,
+                  inputs=None):
+        """`(mask_mod, score_mod)` for FlexAttention, printed from the IR as torch code.
+
+        Patterns that read `n_q`, `n_k` or `heads` need those values; patterns with inputs
+        need them as int arrays or tensors. `flex_source` shows the code.
+        """
+        from .export import flex_mods
+        return flex_mods(self.ir, seq_q, seq_k, heads, inputs)
+
+    def flex_source(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None) -> str:
+        """The Python source of `flex_mods`: a readable module with `mask_mod` and `score_mod`."""
+        from .export import flex_source
+        return flex_source(self.ir, seq_q, seq_k, heads)
 
     def reference_attention(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
         """Dense softmax attention with this pattern's mask, bias and score (the oracle).

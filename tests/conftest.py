@@ -1,7 +1,6 @@
 """Shared test settings and the registry of small patterns used by parametrized tests."""
 
 import os
-import warnings
 
 from hypothesis import HealthCheck, settings
 
@@ -12,7 +11,3 @@ settings.register_profile(
     "thorough", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-# FlexAttention warns on every eager CPU call that it is not compiled; tests run it eagerly
-# on purpose, as an independent implementation.
-warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
-from torch.nn.attention.flex_attention import create_mask, flex_attention
+from torch.nn.attention.flex_attention import AuxRequest, create_mask, flex_attention
 
 import attnlang
 from attnlang import ir
@@ -89,7 +89,8 @@ def test_reference_attention_equals_flex_attention(lib, name, seq_q, seq_k):
     def both(s, b, h, qi, ki):
         s = score_mod(s, b, h, qi, ki) if score_mod else s
         return torch.where(mask[0, 0, qi, ki], s, -math.inf)
-    expected, expected_lse = flex_attention(q, k, v, score_mod=both, return_lse=True)
+    expected, aux = flex_attention(q, k, v, score_mod=both, return_aux=AuxRequest(lse=True))
+    expected_lse = aux.lse
     rows = mask[0, 0].any(-1)  # FlexAttention leaves fully masked rows undefined in eager mode
     torch.testing.assert_close(out[:, :, rows], expected[:, :, rows], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(lse[:, :, rows], expected_lse[:, :, rows], rtol=1e-9, atol=1e-9)

@@ -1,0 +1,478 @@
+"""Block-sparsity analysis: which tiles of the attention matrix are EMPTY, PARTIAL or FULL.
+
+`analyze_blocks` never evaluates all N² pairs. It bounds the mask over boxes of tiles
+with interval arithmetic (`attnlang.intervals`), starting from the whole matrix and
+halving undecided boxes (a quadtree), so the work follows the boundary of the pattern
+rather than its area. A single tile that is still undecided is refined in three steps,
+cheapest first: interval bounds on 4 x 4 sub-blocks (a FULL and an EMPTY sub-block prove
+PARTIAL), exact evaluation at a few witness points, and only then exact evaluation of the
+whole tile. The result is sound (never EMPTY when a pair is allowed, never FULL when a
+pair is masked) and exact (every tile gets its true kind); `BlockMap.stats` says how many
+tiles each step decided.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ir
+from .errors import AttnlangError
+from .intervals import Boxes, IntervalEvaluator, RangeMinMax
+from .reference import EMPTY, FULL, PARTIAL, Evaluator, check_inputs
+
+__all__ = ["analyze_blocks", "BlockMap", "EMPTY", "PARTIAL", "FULL"]
+
+UNKNOWN = -1
+SUBDIVISIONS = 4           # sub-blocks per side when a tile or sub-block is refined
+SUBDIVISION_LEVELS = 3     # how many times undecided sub-blocks are refined again
+EXACT_CHUNK_PAIRS = 1 << 22  # pairs evaluated at once when a tile must be evaluated whole
+DENSITY_SAMPLES = 64       # pairs sampled per partial tile by density(exact=False)
+
+
+def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1, block=128,
+                   inputs: dict | None = None, batch: int = 0) -> "BlockMap":
+    """The block map of `pattern` for the given lengths, heads and tile shape."""
+    block_q, block_k = _tile_shape(block)
+    for name, value in (("seq_q", seq_q), ("seq_k", seq_k), ("heads", heads)):
+        _check_positive(name, value)
+    start = time.perf_counter()
+    checked = check_inputs(pattern, inputs, max(seq_q, seq_k), batch)
+    analyzer = _Analyzer(pattern, seq_q, seq_k, heads, block_q, block_k, checked, batch)
+    kinds = analyzer.run()
+    return BlockMap(kinds=kinds, seq_q=seq_q, seq_k=seq_k, heads=heads, block_q=block_q, block_k=block_k,
+                    pattern=pattern, inputs=checked, batch=batch, stats=analyzer.stats,
+                    seconds=time.perf_counter() - start)
+
+
+def _tile_shape(block) -> tuple[int, int]:
+    if isinstance(block, int | np.integer) and not isinstance(block, bool):
+        block = (int(block), int(block))
+    if not (isinstance(block, tuple | list) and len(block) == 2
+            and all(isinstance(b, int | np.integer) and not isinstance(b, bool) and b > 0 for b in block)):
+        raise AttnlangError(f"block must be a positive int or a (block_q, block_k) pair, got {block!r}")
+    return int(block[0]), int(block[1])
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise AttnlangError(f"{name} must be a positive int, got {value!r}")
+
+
+def mask_depends_on_head(pattern: ir.PatternIR) -> bool:
+    return any(isinstance(n, ir.Var) and n.name == "h" for n in ir.walk(pattern.mask))
+
+
+@dataclass
+class _TileBoxes:
+    """Boxes in tile coordinates: head h, query tiles [q0, q1), key tiles [k0, k1)."""
+
+    h: np.ndarray
+    q0: np.ndarray
+    q1: np.ndarray
+    k0: np.ndarray
+    k1: np.ndarray
+
+    def __len__(self):
+        return len(self.h)
+
+    def select(self, where) -> "_TileBoxes":
+        return _TileBoxes(self.h[where], self.q0[where], self.q1[where], self.k0[where], self.k1[where])
+
+    def area(self) -> np.ndarray:
+        return (self.q1 - self.q0) * (self.k1 - self.k0)
+
+    def split(self) -> "_TileBoxes":
+        """Halve every box along each side longer than one tile."""
+        q_mid = np.where(self.q1 - self.q0 > 1, (self.q0 + self.q1) // 2, self.q1)
+        k_mid = np.where(self.k1 - self.k0 > 1, (self.k0 + self.k1) // 2, self.k1)
+        parts = []
+        for qa, qb in ((self.q0, q_mid), (q_mid, self.q1)):
+            for ka, kb in ((self.k0, k_mid), (k_mid, self.k1)):
+                keep = (qb > qa) & (kb > ka)
+                parts.append(_TileBoxes(self.h[keep], qa[keep], qb[keep], ka[keep], kb[keep]))
+        return _TileBoxes(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("h", "q0", "q1", "k0", "k1")))
+
+
+class _Analyzer:
+    def __init__(self, pattern, seq_q, seq_k, heads, block_q, block_k, inputs, batch):
+        self.pattern = pattern
+        self.seq_q, self.seq_k = seq_q, seq_k
+        self.heads = heads
+        self.block_q, self.block_k = block_q, block_k
+        self.inputs = inputs
+        self.batch = batch
+        self.head_count = heads if mask_depends_on_head(pattern) else 1
+        self.tiles_q = -(-seq_q // block_q)
+        self.tiles_k = -(-seq_k // block_k)
+        self.constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads}
+        self.ranges = {name: RangeMinMax(values) for name, values in inputs.items()}
+        self.stats = {"reasoning": 0, "sampling": 0, "exact": 0}
+
+    def run(self) -> np.ndarray:
+        kinds = np.full((self.head_count, self.tiles_q, self.tiles_k), EMPTY, dtype=np.int8)
+        frontier = _TileBoxes(np.arange(self.head_count), np.zeros(self.head_count, np.int64),
+                              np.full(self.head_count, self.tiles_q), np.zeros(self.head_count, np.int64),
+                              np.full(self.head_count, self.tiles_k))
+        leaves = []
+        while len(frontier):
+            verdict = self._verdict(self._token_boxes(frontier))
+            decided = verdict != UNKNOWN
+            self.stats["reasoning"] += int(frontier.area()[decided].sum())
+            self._fill(kinds, frontier.select(verdict == FULL))
+            open_boxes = frontier.select(~decided)
+            single = open_boxes.area() == 1
+            leaves.append(open_boxes.select(single))
+            frontier = open_boxes.select(~single).split()
+        tiles = _TileBoxes(*(np.concatenate([getattr(p, f) for p in leaves]) for f in ("h", "q0", "q1", "k0", "k1")))
+        if len(tiles):
+            kinds[tiles.h, tiles.q0, tiles.k0] = self._refine(tiles)
+        return kinds
+
+    # -- boxes ------------------------------------------------------------------------
+
+    def _token_boxes(self, tiles: _TileBoxes) -> Boxes:
+        return Boxes(tiles.h, tiles.q0 * self.block_q, np.minimum(tiles.q1 * self.block_q, self.seq_q) - 1,
+                     tiles.k0 * self.block_k, np.minimum(tiles.k1 * self.block_k, self.seq_k) - 1)
+
+    def _verdict(self, boxes: Boxes) -> np.ndarray:
+        bounds = IntervalEvaluator(boxes, self.constants, self.ranges).visit(self.pattern.mask)
+        lo = np.broadcast_to(bounds.lo, (len(boxes),))
+        hi = np.broadcast_to(bounds.hi, (len(boxes),))
+        return np.where(lo == 1, FULL, np.where(hi == 0, EMPTY, UNKNOWN)).astype(np.int8)
+
+    def _fill(self, kinds: np.ndarray, boxes: _TileBoxes) -> None:
+        single = boxes.area() == 1
+        kinds[boxes.h[single], boxes.q0[single], boxes.k0[single]] = FULL
+        for h, q0, q1, k0, k1 in zip(*(getattr(boxes.select(~single), f) for f in ("h", "q0", "q1", "k0", "k1"))):
+            kinds[h, q0:q1, k0:k1] = FULL
+
+    # -- single tiles -----------------------------------------------------------------
+
+    def _refine(self, tiles: _TileBoxes) -> np.ndarray:
+        """Kinds of single tiles that interval bounds on the whole tile left undecided."""
+        boxes = self._token_boxes(tiles)
+        has_true, has_false, all_true, all_false = self._subdivide(boxes)
+        kinds = np.full(len(tiles), UNKNOWN, dtype=np.int8)
+        kinds[all_true] = FULL
+        kinds[all_false] = EMPTY
+        kinds[(kinds == UNKNOWN) & has_true & has_false] = PARTIAL
+        self.stats["reasoning"] += int((kinds != UNKNOWN).sum())
+
+        rest = np.flatnonzero(kinds == UNKNOWN)
+        if len(rest):
+            seen_true, seen_false = self._witnesses(_select_boxes(boxes, rest))
+            proven = (has_true[rest] | seen_true) & (has_false[rest] | seen_false)
+            kinds[rest[proven]] = PARTIAL
+            self.stats["sampling"] += int(proven.sum())
+            rest = rest[~proven]
+        if len(rest):
+            kinds[rest] = self._evaluate_tiles(_select_boxes(boxes, rest))
+            self.stats["exact"] += len(rest)
+        return kinds
+
+    def _subdivide(self, boxes: Boxes):
+        """Interval bounds on sub-blocks: SUBDIVISIONS x SUBDIVISIONS per tile, then again
+        inside still-undecided sub-blocks (SUBDIVISION_LEVELS in all). A FULL and an EMPTY
+        sub-block prove a tile PARTIAL; all sub-blocks of the first level FULL (EMPTY)
+        prove it FULL (EMPTY)."""
+        n = len(boxes)
+        has_true, has_false = np.zeros(n, bool), np.zeros(n, bool)
+        all_true = all_false = None
+        owner, current = np.arange(n), boxes
+        for level in range(SUBDIVISION_LEVELS):
+            sub, real = _split_boxes(current, SUBDIVISIONS)
+            sub_owner = np.repeat(owner, SUBDIVISIONS * SUBDIVISIONS)[real]
+            verdict = self._verdict(sub)
+            np.logical_or.at(has_true, sub_owner, verdict == FULL)
+            np.logical_or.at(has_false, sub_owner, verdict == EMPTY)
+            if level == 0:
+                all_true = np.ones(n, bool)
+                all_false = np.ones(n, bool)
+                np.logical_and.at(all_true, sub_owner, verdict == FULL)
+                np.logical_and.at(all_false, sub_owner, verdict == EMPTY)
+            undecided = ~(has_true & has_false) & ~all_true & ~all_false
+            # refine deeper only where this level decided something: a parity mask such as
+            # (q - k) % 2 == 0 leaves every sub-block open, and witnesses settle it cheaper
+            progress = np.zeros(n, bool)
+            np.logical_or.at(progress, sub_owner, verdict != UNKNOWN)
+            larger = (sub.q_hi > sub.q_lo) | (sub.k_hi > sub.k_lo)
+            keep = (verdict == UNKNOWN) & (undecided & progress)[sub_owner] & larger
+            owner, current = sub_owner[keep], _select_boxes(sub, keep)
+            if not len(owner):
+                break
+        return has_true, has_false, all_true, all_false
+
+    def _witnesses(self, boxes: Boxes):
+        """Exact mask values at a few points per tile: a 4 x 4 grid of neighbouring
+        positions at each corner and at the centre (every residue mod 2 and 4 of q and k,
+        for parity and dilation masks)."""
+        offsets = np.arange(4)
+        q_starts = [boxes.q_lo, np.maximum(boxes.q_hi - 3, boxes.q_lo), (boxes.q_lo + boxes.q_hi) // 2]
+        k_starts = [boxes.k_lo, np.maximum(boxes.k_hi - 3, boxes.k_lo), (boxes.k_lo + boxes.k_hi) // 2]
+        anchors = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]
+        q = np.concatenate([np.repeat(q_starts[a][:, None] + offsets, 4, axis=1) for a, _ in anchors], axis=1)
+        k = np.concatenate([np.tile(k_starts[b][:, None] + offsets, (1, 4)) for _, b in anchors], axis=1)
+        q = np.minimum(q, boxes.q_hi[:, None])
+        k = np.minimum(k, boxes.k_hi[:, None])
+        values = self._exact(q, k, np.broadcast_to(boxes.h[:, None], q.shape))
+        return values.any(1), ~values.all(1)
+
+    def _evaluate_tiles(self, boxes: Boxes) -> np.ndarray:
+        kinds = np.empty(len(boxes), dtype=np.int8)
+        chunk = max(1, EXACT_CHUNK_PAIRS // (self.block_q * self.block_k))
+        rows, cols = np.arange(self.block_q), np.arange(self.block_k)
+        for start in range(0, len(boxes), chunk):
+            part = slice(start, start + chunk)
+            # positions past a ragged end repeat the last in-range one: any/all are unchanged
+            q = np.minimum(boxes.q_lo[part, None] + rows, boxes.q_hi[part, None])[:, :, None]
+            k = np.minimum(boxes.k_lo[part, None] + cols, boxes.k_hi[part, None])[:, None, :]
+            values = self._exact(q, k, boxes.h[part, None, None])
+            kinds[part] = np.where(values.all((1, 2)), FULL, np.where(values.any((1, 2)), PARTIAL, EMPTY))
+        return kinds
+
+    def _exact(self, q, k, h) -> np.ndarray:
+        return exact_mask(self.pattern, q, k, h, self.seq_q, self.seq_k, self.heads, self.inputs, self.batch)
+
+
+def exact_mask(pattern: ir.PatternIR, q, k, h, seq_q, seq_k, heads, inputs, batch=0) -> np.ndarray:
+    """The reference mask at arbitrary broadcastable position arrays."""
+    env = {"q": q, "k": k, "h": h, "b": np.int64(batch), "n_q": np.int64(seq_q),
+           "n_k": np.int64(seq_k), "heads": np.int64(heads)}
+    value = Evaluator(env, inputs).visit(pattern.mask)
+    return np.broadcast_to(value, np.broadcast_shapes(np.shape(q), np.shape(k), np.shape(h)))
+
+
+def _edges(lo: np.ndarray, hi: np.ndarray, parts: int) -> np.ndarray:
+    """`parts + 1` boundaries splitting [lo, hi] into nearly equal integer pieces."""
+    length = hi - lo + 1
+    return lo[:, None] + (length[:, None] * np.arange(parts + 1)) // parts
+
+
+def _split_boxes(boxes: Boxes, parts: int) -> tuple[Boxes, np.ndarray]:
+    """Each box cut into parts x parts sub-boxes (row-major), without the empty ones
+    that a box shorter than `parts` tokens leaves; `real` marks which were kept."""
+    q_edges = _edges(boxes.q_lo, boxes.q_hi, parts)
+    k_edges = _edges(boxes.k_lo, boxes.k_hi, parts)
+    sub = Boxes(
+        np.repeat(boxes.h, parts * parts),
+        np.repeat(q_edges[:, :-1], parts, axis=1).ravel(), np.repeat(q_edges[:, 1:] - 1, parts, axis=1).ravel(),
+        np.tile(k_edges[:, :-1], (1, parts)).ravel(), np.tile(k_edges[:, 1:] - 1, (1, parts)).ravel(),
+    )
+    real = (sub.q_hi >= sub.q_lo) & (sub.k_hi >= sub.k_lo)
+    return _select_boxes(sub, real), real
+
+
+def _select_boxes(boxes: Boxes, index) -> Boxes:
+    return Boxes(boxes.h[index], boxes.q_lo[index], boxes.q_hi[index], boxes.k_lo[index], boxes.k_hi[index])
+
+
+# -- the block map -------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class BlockMap:
+    """Tile kinds of a pattern at given lengths, and the index tables kernels walk.
+
+    `kinds` is int8 `(H', ceil(seq_q / block_q), ceil(seq_k / block_k))` of EMPTY=0,
+    PARTIAL=1, FULL=2, where H' is `heads` if the mask depends on `h`, else 1. A tile cut
+    by a ragged end is classified by its in-range pairs. The tables follow FlexAttention's
+    layout — per row a count, then the indices, ascending, first — except that the index
+    width is the largest row count rather than the number of tiles (`to_flex` pads).
+    """
+
+    kinds: np.ndarray
+    seq_q: int
+    seq_k: int
+    heads: int
+    block_q: int
+    block_k: int
+    pattern: ir.PatternIR = field(repr=False)
+    inputs: dict = field(default_factory=dict, repr=False)
+    batch: int = 0
+    stats: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.kinds.shape
+
+    @functools.cached_property
+    def counts(self) -> dict:
+        values = np.bincount(self.kinds.ravel(), minlength=3)
+        return {"empty": int(values[EMPTY]), "partial": int(values[PARTIAL]), "full": int(values[FULL])}
+
+    @property
+    def tile_density(self) -> float:
+        """Non-empty tiles over all tiles."""
+        return (self.counts["partial"] + self.counts["full"]) / self.kinds.size
+
+    # -- pairs ------------------------------------------------------------------------
+
+    def _tile_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.full(self.kinds.shape[1], self.block_q, dtype=np.int64)
+        cols = np.full(self.kinds.shape[2], self.block_k, dtype=np.int64)
+        rows[-1] = self.seq_q - (len(rows) - 1) * self.block_q
+        cols[-1] = self.seq_k - (len(cols) - 1) * self.block_k
+        return rows, cols
+
+    def pairs(self, exact: bool = True) -> float:
+        """Allowed (query, key) pairs, summed over the H' heads of `kinds`.
+
+        FULL tiles count whole and EMPTY ones not at all; PARTIAL tiles are evaluated
+        exactly (`exact=True`, O(partial tiles x tile size)) or estimated from
+        DENSITY_SAMPLES random pairs each (deterministic). Cached per mode.
+        """
+        cache = self.__dict__.setdefault("_pairs", {})
+        if exact not in cache:
+            rows, cols = self._tile_sizes()
+            full = (self.kinds == FULL).sum(0).astype(np.float64)
+            total = float(rows @ full @ cols)
+            h, i, j = np.nonzero(self.kinds == PARTIAL)
+            if len(h):
+                total += self._partial_pairs(h, i, j, rows, cols, exact)
+            cache[exact] = total
+        return cache[exact]
+
+    def _partial_pairs(self, h, i, j, rows, cols, exact: bool) -> float:
+        q_lo, k_lo = i * self.block_q, j * self.block_k
+        count = 0.0
+        if not exact:
+            rng = np.random.default_rng(0)
+            q = q_lo[:, None] + (rng.random((len(h), DENSITY_SAMPLES)) * rows[i][:, None]).astype(np.int64)
+            k = k_lo[:, None] + (rng.random((len(h), DENSITY_SAMPLES)) * cols[j][:, None]).astype(np.int64)
+            fraction = self._mask(q, k, h[:, None]).mean(1)
+            return float((fraction * rows[i] * cols[j]).sum())
+        chunk = max(1, EXACT_CHUNK_PAIRS // (self.block_q * self.block_k))
+        for start in range(0, len(h), chunk):
+            part = slice(start, start + chunk)
+            q = q_lo[part, None, None] + np.arange(self.block_q)[None, :, None]
+            k = k_lo[part, None, None] + np.arange(self.block_k)[None, None, :]
+            inside = (q < self.seq_q) & (k < self.seq_k)
+            values = self._mask(np.minimum(q, self.seq_q - 1), np.minimum(k, self.seq_k - 1), h[part, None, None])
+            count += float((values & inside).sum())
+        return count
+
+    def _mask(self, q, k, h) -> np.ndarray:
+        return exact_mask(self.pattern, q, k, h, self.seq_q, self.seq_k, self.heads, self.inputs, self.batch)
+
+    def density(self, exact: bool = False) -> float:
+        """Allowed pairs over all pairs (exact evaluation of partial tiles if `exact`)."""
+        return self.pairs(exact) / (self.kinds.shape[0] * self.seq_q * self.seq_k)
+
+    # -- index tables -----------------------------------------------------------------
+
+    @functools.cached_property
+    def _nonempty(self):
+        """(head, query tile, key tile, kind) of every non-empty tile, in row-major order."""
+        flat = np.flatnonzero(self.kinds)
+        h, i, j = np.unravel_index(flat, self.kinds.shape)
+        return h, i, j, self.kinds.ravel()[flat]
+
+    @functools.cached_property
+    def _forward(self):
+        h, i, j, kind = self._nonempty
+        shape = self.kinds.shape
+        return tuple(_csr(h[kind == k], i[kind == k], j[kind == k], shape) for k in (PARTIAL, FULL))
+
+    @functools.cached_property
+    def _backward(self):
+        h, i, j, kind = self._nonempty
+        order = np.lexsort((i, j, h))  # by head, then key tile, then query tile
+        h, i, j, kind = h[order], i[order], j[order], kind[order]
+        shape = (self.kinds.shape[0], self.kinds.shape[2], self.kinds.shape[1])
+        return tuple(_csr(h[kind == k], j[kind == k], i[kind == k], shape) for k in (PARTIAL, FULL))
+
+    @property
+    def kv_num_blocks(self) -> np.ndarray:
+        """Partial key tiles per query tile, int32 (H', Tq)."""
+        return self._forward[0][0]
+
+    @property
+    def kv_indices(self) -> np.ndarray:
+        """Their key-tile indices, ascending, int32 (H', Tq, width)."""
+        return self._forward[0][1]
+
+    @property
+    def full_kv_num_blocks(self) -> np.ndarray:
+        return self._forward[1][0]
+
+    @property
+    def full_kv_indices(self) -> np.ndarray:
+        return self._forward[1][1]
+
+    @property
+    def q_num_blocks(self) -> np.ndarray:
+        """Partial query tiles per key tile (the backward pass's tables), int32 (H', Tk)."""
+        return self._backward[0][0]
+
+    @property
+    def q_indices(self) -> np.ndarray:
+        return self._backward[0][1]
+
+    @property
+    def full_q_num_blocks(self) -> np.ndarray:
+        return self._backward[1][0]
+
+    @property
+    def full_q_indices(self) -> np.ndarray:
+        return self._backward[1][1]
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """Every index table by its FlexAttention name."""
+        names = ["kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                 "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"]
+        return {name: getattr(self, name) for name in names}
+
+    # -- FlexAttention ----------------------------------------------------------------
+
+    def to_flex(self, mask_mod=None):
+        """A FlexAttention `BlockMask` built from these tables, without evaluating pairs.
+
+        FlexAttention never skips the mask on a tile cut by a ragged end, so such tiles
+        are PARTIAL here. `mask_mod` defaults to the pattern's own, printed from the IR.
+        """
+        import torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        kinds = self.kinds.copy()
+        if self.seq_q % self.block_q:
+            last = kinds[:, -1, :]
+            last[last == FULL] = PARTIAL
+        if self.seq_k % self.block_k:
+            last = kinds[:, :, -1]
+            last[last == FULL] = PARTIAL
+        if mask_mod is None:
+            from .export import flex_mods
+            mask_mod, _ = flex_mods(self.pattern, self.seq_q, self.seq_k, self.heads, self.inputs)
+        flex_view = BlockMap(kinds, self.seq_q, self.seq_k, self.heads, self.block_q, self.block_k, self.pattern)
+        tq, tk = kinds.shape[1:]
+
+        def padded(table, width):  # FlexAttention's index width is the number of tiles
+            counts, indices = table
+            full_width = np.zeros(indices.shape[:2] + (width,), dtype=np.int32)
+            full_width[..., :indices.shape[2]] = indices[..., :width]
+            return torch.from_numpy(counts)[None], torch.from_numpy(full_width)[None]
+
+        (kv, full_kv), (q, full_q) = flex_view._forward, flex_view._backward
+        return BlockMask((self.seq_q, self.seq_k), *padded(kv, tk), *padded(full_kv, tk),
+                         *padded(q, tq), *padded(full_q, tq),
+                         BLOCK_SIZE=(self.block_q, self.block_k), mask_mod=mask_mod)
+
+
+def _csr(h, row, col, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row counts and column indices (ascending, then zero padding) of sparse entries.
+
+    The entries must be sorted by (h, row, col); `shape` is (H, rows, cols).
+    """
+    heads, rows, _ = shape
+    counts = np.bincount(h * rows + row, minlength=heads * rows).astype(np.int32).reshape(heads, rows)
+    width = max(int(counts.max(initial=0)), 1)
+    indices = np.zeros((heads, rows, width), dtype=np.int32)
+    if len(col):
+        row_start = np.concatenate([[0], np.cumsum(counts.ravel(), dtype=np.int64)[:-1]])
+        position = np.arange(len(col)) - row_start[h * rows + row]
+        indices[h, row, position] = col
+    return counts, indices
