@@ -113,7 +113,8 @@ class _Analyzer:
         self.stats = {"reasoning": 0, "sampling": 0, "exact": 0}
 
     def run(self) -> np.ndarray:
-        kinds = np.full((self.head_count, self.tiles_q, self.tiles_k), EMPTY, dtype=np.int8)
+        # EMPTY is 0: np.zeros maps zeroed pages lazily, so untouched (empty) regions cost nothing
+        kinds = np.zeros((self.head_count, self.tiles_q, self.tiles_k), dtype=np.int8)
         frontier = _TileBoxes(np.arange(self.head_count), np.zeros(self.head_count, np.int64),
                               np.full(self.head_count, self.tiles_q), np.zeros(self.head_count, np.int64),
                               np.full(self.head_count, self.tiles_k))
@@ -187,18 +188,15 @@ class _Analyzer:
             sub, real = _split_boxes(current, SUBDIVISIONS)
             sub_owner = np.repeat(owner, SUBDIVISIONS * SUBDIVISIONS)[real]
             verdict = self._verdict(sub)
-            np.logical_or.at(has_true, sub_owner, verdict == FULL)
-            np.logical_or.at(has_false, sub_owner, verdict == EMPTY)
+            has_true |= _any_per_owner(sub_owner, verdict == FULL, n)
+            has_false |= _any_per_owner(sub_owner, verdict == EMPTY, n)
             if level == 0:
-                all_true = np.ones(n, bool)
-                all_false = np.ones(n, bool)
-                np.logical_and.at(all_true, sub_owner, verdict == FULL)
-                np.logical_and.at(all_false, sub_owner, verdict == EMPTY)
+                all_true = ~_any_per_owner(sub_owner, verdict != FULL, n)
+                all_false = ~_any_per_owner(sub_owner, verdict != EMPTY, n)
             undecided = ~(has_true & has_false) & ~all_true & ~all_false
             # refine deeper only where this level decided something: a parity mask such as
             # (q - k) % 2 == 0 leaves every sub-block open, and witnesses settle it cheaper
-            progress = np.zeros(n, bool)
-            np.logical_or.at(progress, sub_owner, verdict != UNKNOWN)
+            progress = _any_per_owner(sub_owner, verdict != UNKNOWN, n)
             larger = (sub.q_hi > sub.q_lo) | (sub.k_hi > sub.k_lo)
             keep = (verdict == UNKNOWN) & (undecided & progress)[sub_owner] & larger
             owner, current = sub_owner[keep], _select_boxes(sub, keep)
@@ -244,6 +242,11 @@ def exact_mask(pattern: ir.PatternIR, q, k, h, seq_q, seq_k, heads, inputs, batc
            "n_k": np.int64(seq_k), "heads": np.int64(heads)}
     value = Evaluator(env, inputs).visit(pattern.mask)
     return np.broadcast_to(value, np.broadcast_shapes(np.shape(q), np.shape(k), np.shape(h)))
+
+
+def _any_per_owner(owner: np.ndarray, flags: np.ndarray, n: int) -> np.ndarray:
+    """For each of n owners, whether any of its entries has the flag."""
+    return np.bincount(owner[flags], minlength=n) > 0
 
 
 def _edges(lo: np.ndarray, hi: np.ndarray, parts: int) -> np.ndarray:
@@ -365,25 +368,12 @@ class BlockMap:
     # -- index tables -----------------------------------------------------------------
 
     @functools.cached_property
-    def _nonempty(self):
-        """(head, query tile, key tile, kind) of every non-empty tile, in row-major order."""
-        flat = np.flatnonzero(self.kinds)
-        h, i, j = np.unravel_index(flat, self.kinds.shape)
-        return h, i, j, self.kinds.ravel()[flat]
-
-    @functools.cached_property
     def _forward(self):
-        h, i, j, kind = self._nonempty
-        shape = self.kinds.shape
-        return tuple(_csr(h[kind == k], i[kind == k], j[kind == k], shape) for k in (PARTIAL, FULL))
+        return _tables(self.kinds)
 
     @functools.cached_property
     def _backward(self):
-        h, i, j, kind = self._nonempty
-        order = np.lexsort((i, j, h))  # by head, then key tile, then query tile
-        h, i, j, kind = h[order], i[order], j[order], kind[order]
-        shape = (self.kinds.shape[0], self.kinds.shape[2], self.kinds.shape[1])
-        return tuple(_csr(h[kind == k], j[kind == k], i[kind == k], shape) for k in (PARTIAL, FULL))
+        return _tables(self.kinds, transpose=True)
 
     @property
     def kv_num_blocks(self) -> np.ndarray:
@@ -447,32 +437,81 @@ class BlockMap:
         if mask_mod is None:
             from .export import flex_mods
             mask_mod, _ = flex_mods(self.pattern, self.seq_q, self.seq_k, self.heads, self.inputs)
-        flex_view = BlockMap(kinds, self.seq_q, self.seq_k, self.heads, self.block_q, self.block_k, self.pattern)
         tq, tk = kinds.shape[1:]
-
-        def padded(table, width):  # FlexAttention's index width is the number of tiles
-            counts, indices = table
-            full_width = np.zeros(indices.shape[:2] + (width,), dtype=np.int32)
-            full_width[..., :indices.shape[2]] = indices[..., :width]
-            return torch.from_numpy(counts)[None], torch.from_numpy(full_width)[None]
-
-        (kv, full_kv), (q, full_q) = flex_view._forward, flex_view._backward
-        return BlockMask((self.seq_q, self.seq_k), *padded(kv, tk), *padded(full_kv, tk),
-                         *padded(q, tq), *padded(full_q, tq),
+        # FlexAttention's index width is the number of tiles
+        forward = _tables(kinds, width=tk)
+        backward = _tables(kinds, transpose=True, width=tq)
+        tensors = [torch.from_numpy(array)[None] for table in forward + backward for array in table]
+        return BlockMask((self.seq_q, self.seq_k), *tensors,
                          BLOCK_SIZE=(self.block_q, self.block_k), mask_mod=mask_mod)
 
 
-def _csr(h, row, col, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row counts and column indices (ascending, then zero padding) of sparse entries.
+TABLE_CHUNK_TILES = 1 << 22  # tiles scanned at once while building tables of a dense map
+SPARSE_FRACTION = 1 / 16     # below this fraction of set tiles, tables are built from a list
 
-    The entries must be sorted by (h, row, col); `shape` is (H, rows, cols).
+
+def _tables(kinds: np.ndarray, transpose: bool = False, width: int | None = None):
+    """Per-row counts and indices (ascending, zero-padded) of the PARTIAL and of the FULL tiles.
+
+    Rows are query tiles, or key tiles with `transpose` (the backward pass's tables). A
+    sparse map is read as a list of its set tiles, found eight at a time; a dense one
+    (causal at a million tokens has 33 million FULL tiles) in chunks of rows, so memory
+    beyond the result stays bounded either way.
     """
-    heads, rows, _ = shape
-    counts = np.bincount(h * rows + row, minlength=heads * rows).astype(np.int32).reshape(heads, rows)
-    width = max(int(counts.max(initial=0)), 1)
-    indices = np.zeros((heads, rows, width), dtype=np.int32)
-    if len(col):
-        row_start = np.concatenate([[0], np.cumsum(counts.ravel(), dtype=np.int64)[:-1]])
-        position = np.arange(len(col)) - row_start[h * rows + row]
-        indices[h, row, position] = col
-    return counts, indices
+    heads, rows, cols = (kinds.shape[0], kinds.shape[2], kinds.shape[1]) if transpose else kinds.shape
+    flat = _flat_nonzero(kinds, limit=int(kinds.size * SPARSE_FRACTION))
+    if flat is not None:
+        h, rest = np.divmod(flat, kinds.shape[1] * kinds.shape[2])
+        i, j = np.divmod(rest, kinds.shape[2])
+        values = kinds.reshape(-1)[flat]
+        if transpose:
+            order = np.argsort(h * cols + j, kind="stable")  # entries are sorted by (h, i, j)
+            h, i, j, values = h[order], j[order], i[order], values[order]
+        chunks = [(h, i, j, values)]
+        counts = {kind: np.bincount((h * rows + i)[values == kind], minlength=heads * rows)
+                  .astype(np.int32).reshape(heads, rows) for kind in (PARTIAL, FULL)}
+    else:
+        source = np.ascontiguousarray(kinds.transpose(0, 2, 1)) if transpose else kinds
+        counts = {kind: (source == kind).sum(axis=2, dtype=np.int32) for kind in (PARTIAL, FULL)}
+        chunks = _dense_chunks(source)
+    tables = {}
+    for kind in (PARTIAL, FULL):
+        row_width = max(int(counts[kind].max(initial=0)), 1) if width is None else width
+        tables[kind] = (counts[kind], np.zeros((heads, rows, row_width), dtype=np.int32))
+    starts = {kind: np.concatenate([[0], np.cumsum(counts[kind].ravel(), dtype=np.int64)[:-1]])
+              for kind in (PARTIAL, FULL)}
+    for h, i, j, values in chunks:
+        for kind in (PARTIAL, FULL):
+            chosen = values == kind
+            hh, ii, jj = h[chosen], i[chosen], j[chosen]
+            if len(jj):
+                first = starts[kind][hh[0] * rows + ii[0]]
+                position = first + np.arange(len(jj)) - starts[kind][hh * rows + ii]
+                tables[kind][1][hh, ii, position] = jj
+    return tables[PARTIAL], tables[FULL]
+
+
+def _dense_chunks(source: np.ndarray):
+    """(h, row, col, kind) of the set tiles, a chunk of rows at a time, in row-major order."""
+    heads, rows, cols = source.shape
+    step = max(1, TABLE_CHUNK_TILES // max(cols, 1))
+    for h in range(heads):
+        for r0 in range(0, rows, step):
+            block = source[h, r0:r0 + step]
+            flat = np.flatnonzero(block)
+            row, col = np.divmod(flat, cols)
+            yield np.full(len(flat), h), r0 + row, col, block.reshape(-1)[flat]
+
+
+def _flat_nonzero(array: np.ndarray, limit: int) -> np.ndarray | None:
+    """Flat indices of the non-zero entries of a contiguous int8 array, or None if more than
+    about `limit`. Reads the array as 64-bit words first, so an almost empty map costs a
+    pass over one eighth as many elements."""
+    flat = array.reshape(-1)
+    whole = flat.size // 8 * 8
+    words = np.flatnonzero(flat[:whole].view(np.uint64))
+    if len(words) > limit:
+        return None
+    candidates = (words[:, None] * 8 + np.arange(8)).ravel()
+    candidates = candidates[flat[candidates] != 0]
+    return np.concatenate([candidates, whole + np.flatnonzero(flat[whole:])])

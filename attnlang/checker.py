@@ -30,9 +30,13 @@ _ARITHMETIC = {"+", "-", "*", "/", "//", "%", "**"}
 
 
 def lower_pattern(decl: ast.PatternDecl, params: dict, scope: PatternScope,
-                  _stack: tuple[str, ...] = ()) -> ir.PatternIR:
-    """Check `decl` with `params` (name → value, defaults filled in) and lower it to IR."""
-    lowering = _Lowering(decl, params, scope, _stack + (decl.name,))
+                  _stack: tuple[str, ...] = (), symbolic: bool = False) -> ir.PatternIR:
+    """Check `decl` with `params` (name → value, defaults filled in) and lower it to IR.
+
+    With `symbolic`, int and float parameters stay `Var`s named after them instead of
+    being folded in (for closed forms); bool parameters are still bound.
+    """
+    lowering = _Lowering(decl, params, scope, _stack + (decl.name,), symbolic)
     for stmt in decl.body:
         lowering.statement(stmt)
     return lowering.result()
@@ -79,9 +83,10 @@ class _Grid:
 class _Lowering:
     """Lowers the statements of one pattern body, in order."""
 
-    def __init__(self, decl, params, scope: PatternScope, stack):
+    def __init__(self, decl, params, scope: PatternScope, stack, symbolic=False):
         self.decl = decl
         self.scope = scope
+        self.symbolic = symbolic
         self.stack = stack
         self.params = {p.name: (param_type(p), params[p.name]) for p in decl.params}
         self.lets: dict[str, _Let] = {}
@@ -316,6 +321,8 @@ class _Lowering:
             return let.value
         if name in self.params:
             kind, value = self.params[name]
+            if self.symbolic and kind is not Type.BOOL:
+                return ir.Var(name, kind, node.span)
             return ir.Const(value, kind, node.span)
         if name == "score":
             self._read_score(node.span)
