@@ -29,6 +29,7 @@ __all__ = ["analyze_blocks", "BlockMap", "EMPTY", "PARTIAL", "FULL"]
 UNKNOWN = -1
 SUBDIVISIONS = 4           # sub-blocks per side when a tile or sub-block is refined
 SUBDIVISION_LEVELS = 3     # how many times undecided sub-blocks are refined again
+REFINE_CHUNK = 16384       # undecided tiles refined at once
 EXACT_CHUNK_PAIRS = 1 << 22  # pairs evaluated at once when a tile must be evaluated whole
 DENSITY_SAMPLES = 64       # pairs sampled per partial tile by density(exact=False)
 
@@ -129,8 +130,9 @@ class _Analyzer:
             leaves.append(open_boxes.select(single))
             frontier = open_boxes.select(~single).split()
         tiles = _TileBoxes(*(np.concatenate([getattr(p, f) for p in leaves]) for f in ("h", "q0", "q1", "k0", "k1")))
-        if len(tiles):
-            kinds[tiles.h, tiles.q0, tiles.k0] = self._refine(tiles)
+        for start in range(0, len(tiles), REFINE_CHUNK):  # chunks bound the memory of refinement
+            chunk = tiles.select(slice(start, start + REFINE_CHUNK))
+            kinds[chunk.h, chunk.q0, chunk.k0] = self._refine(chunk)
         return kinds
 
     # -- boxes ------------------------------------------------------------------------
@@ -194,11 +196,13 @@ class _Analyzer:
                 all_true = ~_any_per_owner(sub_owner, verdict != FULL, n)
                 all_false = ~_any_per_owner(sub_owner, verdict != EMPTY, n)
             undecided = ~(has_true & has_false) & ~all_true & ~all_false
-            # refine deeper only where this level decided something: a parity mask such as
-            # (q - k) % 2 == 0 leaves every sub-block open, and witnesses settle it cheaper
-            progress = _any_per_owner(sub_owner, verdict != UNKNOWN, n)
+            # Refine deeper only where the open sub-blocks are a boundary (at most 3/4
+            # of this level's sub-blocks of the tile), as along a window's edge; a parity mask
+            # such as (q - k) % 2 == 0 leaves every sub-block open, and witnesses settle it.
+            open_count = np.bincount(sub_owner[verdict == UNKNOWN], minlength=n)
+            thin = 4 * open_count <= 3 * np.bincount(sub_owner, minlength=n)
             larger = (sub.q_hi > sub.q_lo) | (sub.k_hi > sub.k_lo)
-            keep = (verdict == UNKNOWN) & (undecided & progress)[sub_owner] & larger
+            keep = (verdict == UNKNOWN) & (undecided & thin)[sub_owner] & larger
             owner, current = sub_owner[keep], _select_boxes(sub, keep)
             if not len(owner):
                 break

@@ -6,6 +6,7 @@ Every failure the user can cause is printed as an `AttnlangError` report and exi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import numpy as np
 
 from .errors import AttnlangError
 from .pattern import Module, Pattern, check_module, load, stdlib, stdlib_dir
-from .reference import check_inputs, classify_tiles
 from .render import TILE_LEGEND, TOKEN_LEGEND, render_tiles, render_tokens
 
 __all__ = ["main"]
@@ -50,7 +50,13 @@ def _build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="draw a pattern's mask in the terminal")
     _add_pattern_arguments(show)
     show.add_argument("--head", type=int, default=None, help="draw only this head")
+    show.add_argument("--png", metavar="FILE", help="also save the block map as a picture")
     show.set_defaults(run=_run_show)
+
+    analyze = commands.add_parser("analyze", help="block sparsity, density and complexity of a pattern")
+    _add_pattern_arguments(analyze)
+    analyze.add_argument("--json", action="store_true", help="print one JSON object")
+    analyze.set_defaults(run=_run_analyze)
     return parser
 
 
@@ -117,6 +123,12 @@ def _run_show(args) -> int:
         print(f"note: routing picks {r.top} blocks of {r.block} tokens per query block at run time; "
               "this is the static mask it chooses from")
     token_level = max(seq_q, seq_k) <= TOKEN_LEVEL_LIMIT and args.block is None
+    if args.png:
+        block = args.block or _auto_block(max(seq_q, seq_k))
+        block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
+        from .plots import plot_block_map
+        plot_block_map(block_map, args.png, title=pattern.label, heads=heads_shown)
+        print(f"wrote {args.png}")
     if token_level:
         mask = pattern.reference_mask(seq_q, seq_k, heads, inputs, static_only=True)
         for head in heads_shown:
@@ -126,12 +138,55 @@ def _run_show(args) -> int:
         return 0
     block = args.block or _auto_block(seq_k)
     _check_positive("--block", block)
-    checked = check_inputs(pattern.ir, inputs, max(seq_q, seq_k))
-    kinds = classify_tiles(pattern.ir, seq_q, seq_k, heads, block, block, checked)
+    kinds = pattern.analyze(seq_q, seq_k, heads, block, inputs).kinds
     for head in heads_shown:
         _print_head_title(pattern, head, heads_shown)
-        print(render_tiles(kinds[head], block))
+        print(render_tiles(kinds[min(head, kinds.shape[0] - 1)], block))
     print(f"{TILE_LEGEND}   (tiles of {block} x {block} tokens)")
+    return 0
+
+
+def _run_analyze(args) -> int:
+    pattern = _load_pattern(args)
+    seq_q, seq_k, heads = _lengths(args)
+    inputs = _parse_inputs(args.inputs, pattern, max(seq_q, seq_k))
+    block = args.block or 128
+    _check_positive("--block", block)
+    block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
+    complexity = pattern.complexity()
+    closed_form = at_n = None
+    if complexity.method == "derived":
+        closed_form = str(complexity.pairs)
+        if seq_q == seq_k and seq_q >= complexity.valid_from:
+            at_n = complexity.evaluate(seq_q)
+    report = {
+        "pattern": pattern.name, "params": pattern.params, "seq_q": seq_q, "seq_k": seq_k, "heads": heads,
+        "heads_in_map": block_map.kinds.shape[0], "block_q": block, "block_k": block,
+        "counts": block_map.counts, "tile_density": block_map.tile_density, "density": block_map.density(),
+        "decided_by": block_map.stats, "seconds": block_map.seconds,
+        "complexity": {"method": complexity.method, "big_o": complexity.big_o, "closed_form": closed_form,
+                       "valid_from": complexity.valid_from, "pairs_at_n": at_n,
+                       "exponent": complexity.exponent, "note": complexity.reason},
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    counts = block_map.counts
+    total = block_map.kinds.size
+    print(f"{pattern.label}   queries {seq_q} x keys {seq_k}, {heads} head(s), tiles {block} x {block}")
+    print(f"  tiles         {total:,} ({block_map.kinds.shape[0]} head map(s)): {counts['full']:,} full, "
+          f"{counts['partial']:,} partial, {counts['empty']:,} empty")
+    print(f"  tile density  {block_map.tile_density:.4f}   (non-empty tiles / all tiles)")
+    print(f"  density       {block_map.density():.4f}   (allowed pairs / all pairs, partial tiles sampled)")
+    stats = block_map.stats
+    print(f"  decided by    reasoning {stats['reasoning']:,}, witness points {stats['sampling']:,}, "
+          f"exact evaluation {stats['exact']:,} tiles")
+    if complexity.method == "derived":
+        print(f"  pairs         {complexity.pairs}   for n >= {complexity.valid_from}")
+        if at_n is not None:
+            print(f"                = {at_n:,} at n = {seq_q}")
+    print(f"  complexity    {complexity.big_o}   ({complexity.method})")
+    print(f"  time          {block_map.seconds * 1000:.1f} ms")
     return 0
 
 

@@ -136,6 +136,33 @@ class Pattern:
         from .analysis import analyze_blocks
         return analyze_blocks(self.ir, seq_q, seq_q if seq_k is None else seq_k, heads, block, inputs, batch)
 
+    def complexity(self, fit_lengths: tuple[int, ...] = (2048, 4096, 8192, 16384), heads: int = 8):
+        """Allowed pairs at n_q = n_k = n: a sympy closed form in n and the parameters where
+        one can be derived (see `attnlang.complexity`), else a growth exponent fitted to the
+        block map's pair counts at `fit_lengths` (averaged over `heads` for per-head masks)."""
+        from .checker import lower_pattern
+        from .complexity import Complexity, NotDerivable, big_o, derive_pairs, fitted_exponent
+        if self.is_routed:
+            r = self.ir.route
+            return Complexity(self.label, "bound", f"O(n*{r.top}*{r.block}) + kept pairs",
+                              reason=f"routing keeps at most {r.top} blocks of {r.block} per query block")
+        try:
+            symbolic = lower_pattern(self.decl, self._params, self.module, symbolic=True)
+            pairs, valid_from = derive_pairs(symbolic, self._params)
+            return Complexity(self.label, "derived", big_o(pairs, self._params), pairs=pairs, valid_from=valid_from,
+                              params=tuple(self._params.items()))
+        except NotDerivable as why:
+            reason = str(why)
+        if self.inputs:
+            return Complexity(self.label, "input-dependent", "depends on the runtime inputs", reason=reason)
+        counts = {}
+        for length in fit_lengths:
+            block_map = self.analyze(length, heads=heads, block=128)
+            counts[length] = block_map.pairs(exact=False) / block_map.kinds.shape[0]
+        exponent, label = fitted_exponent(counts)
+        return Complexity(self.label, "fitted", label, exponent=exponent, fitted_lengths=tuple(fit_lengths),
+                          reason=reason)
+
     def flex_mods(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None,
                   inputs=None):
         """`(mask_mod, score_mod)` for FlexAttention, printed from the IR as torch code.

@@ -217,3 +217,30 @@ def test_flex_source_is_readable_python(lib):
     source = lib["radial"].flex_source()
     assert "def mask_mod(b, h, q_idx, kv_idx):" in source and "    t0 = kv_idx // 1024" in source
     compile(source, "radial", "exec")
+
+
+def test_how_tiles_are_decided(lib):
+    """The README's table: which stdlib patterns need witnesses or exact tile evaluation."""
+    seq, heads = 4096, 2
+    for pattern in lib:
+        if pattern.is_routed:
+            continue
+        inputs = {"doc": np.minimum(np.arange(seq) * 40 // seq, 39)} if pattern.inputs else None
+        stats = pattern.analyze(seq, heads=heads, inputs=inputs).stats
+        if pattern.name in ("causal", "sliding_window", "streaming", "prefix_lm", "block_local", "document",
+                            "radial", "sliding_tile", "duo", "cross_causal", "alibi"):
+            assert stats["sampling"] == stats["exact"] == 0, pattern.name
+        if not pattern.name.startswith("swin"):
+            assert stats["exact"] == 0, pattern.name
+        assert stats["exact"] <= 0.02 * sum(stats.values()), pattern.name
+
+
+def test_every_ir_consumer_has_a_method_for_every_node():
+    from attnlang import ir
+    from attnlang.complexity import SympyPrinter
+    from attnlang.export import TorchPrinter
+    from attnlang.intervals import IntervalEvaluator
+    from attnlang.reference import Evaluator
+    for consumer in (Evaluator, IntervalEvaluator, TorchPrinter, SympyPrinter):
+        for node_type in ir.NODE_TYPES:
+            assert hasattr(consumer, "visit_" + node_type.__name__), (consumer.__name__, node_type.__name__)

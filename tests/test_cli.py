@@ -100,3 +100,29 @@ def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "attnlang", "check", PATTERNS[0]],
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ok  ")
+
+
+def test_analyze_prints_counts_densities_and_complexity(capsys):
+    code, out, _ = run(capsys, "analyze", "patterns/sliding_window.attn", "sliding_window", "--seq", "4096",
+                       "-D", "window=512")
+    assert code == 0
+    assert "tile density" in out and "O(n*window)" in out and "(derived)" in out
+    assert "= 1,966,336 at n = 4096" in out  # 512 * 4096 - 512 * 511 / 2
+
+
+def test_analyze_json_has_the_promised_fields(capsys):
+    import json
+    code, out, _ = run(capsys, "analyze", "patterns/duo.attn", "duo", "--seq", "1000", "--seq-k", "900",
+                       "--heads", "4", "--block", "64", "--json")
+    report = json.loads(out)
+    for field in ("pattern", "params", "seq_q", "seq_k", "heads", "block_q", "block_k", "counts", "tile_density"):
+        assert field in report
+    assert report["seq_k"] == 900 and report["heads_in_map"] == 4
+    assert sum(report["counts"].values()) == 4 * 16 * 15
+
+
+def test_show_png_writes_a_picture(tmp_path, capsys):
+    path = tmp_path / "map.png"
+    code, out, _ = run(capsys, "show", "patterns/duo.attn", "duo", "--seq", "2048", "--heads", "2",
+                       "-D", "retrieval_heads=1", "-D", "window=256", "--png", str(path))
+    assert code == 0 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
