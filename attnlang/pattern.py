@@ -120,7 +120,7 @@ class Pattern:
                                 "or static_only=True for its static mask")
         import torch
         keep = reference._keep_mask(self.ir, seq_q, seq_k, heads, checked, batch)
-        routed = reference.routed_mask(self.ir.route, torch.from_numpy(np.ascontiguousarray(static))[None],
+        routed = reference.routed_mask(self.ir.route, torch.from_numpy(np.array(static))[None],
                                        torch.from_numpy(keep)[None], q[batch:batch + 1], k[batch:batch + 1])
         return routed[0].cpu().numpy()
 
@@ -163,6 +163,22 @@ class Pattern:
         return Complexity(self.label, "fitted", label, exponent=exponent, fitted_lengths=tuple(fit_lengths),
                           reason=reason)
 
+    def compile(self, heads: int, head_dim: int, heads_kv: int | None = None, dtype=None, block=64):
+        """A fused Triton kernel (forward and backward) for this pattern: an `AttentionKernel`.
+
+        `kernel(q, k, v, inputs=None, scale=None, return_lse=False)`; its block tables are
+        built for each length on first use. Kernels are cached by IR and specialization;
+        `kernel.source` is the generated Triton code.
+        """
+        import torch
+
+        from codegen.runtime import AttentionKernel
+        dtype = torch.float32 if dtype is None else dtype
+        key = (self.ir, heads, head_dim, heads_kv, dtype, block if isinstance(block, int) else tuple(block))
+        if key not in _KERNELS:
+            _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block)
+        return _KERNELS[key]
+
     def flex_mods(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None,
                   inputs=None):
         """`(mask_mod, score_mod)` for FlexAttention, printed from the IR as torch code.
@@ -186,6 +202,9 @@ class Pattern:
         give 0 (and LSE -inf with `return_lse=True`); gradients flow through torch autograd.
         """
         return reference.reference_attention(self.ir, q, k, v, inputs, scale, return_lse)
+
+
+_KERNELS: dict = {}
 
 
 def _format_value(value) -> str:

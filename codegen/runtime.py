@@ -1,0 +1,272 @@
+"""Launching the generated kernels: block tables on the device, autograd, caches.
+
+`AttentionKernel` is what `Pattern.compile` returns. Its block tables are built by the
+analysis on first use for each (seq_q, seq_k, inputs) and kept as int32 device tensors;
+kernel modules are cached on disk by the hash of their source. CPU tensors run under the
+Triton interpreter (the module is loaded with TRITON_INTERPRET=1), CUDA tensors compiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlang.analysis import mask_depends_on_head
+from attnlang.errors import AttnlangError
+
+from .template import generate_source
+
+__all__ = ["AttentionKernel", "cache_dir"]
+
+DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_MODULES: dict[tuple[str, bool], object] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ATTNLANG_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attnlang")
+    path = Path(root) / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _interpreter(enabled: bool):
+    """Triton decides at decoration time whether a @triton.jit function is interpreted."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+def load_module(source: str, name: str, interpret: bool):
+    """Import generated source from the kernel cache (Triton needs a real file to read)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    key = (digest, interpret)
+    if key not in _MODULES:
+        path = cache_dir() / f"{name}_{digest}.py"
+        if not path.exists():
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(source)
+            temporary.replace(path)
+        module_name = f"attnlang_kernels.{name}_{digest}_{'interpreted' if interpret else 'compiled'}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        with _interpreter(interpret):
+            spec.loader.exec_module(module)
+        sys.modules[module_name] = module
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+def _tile_shape(block) -> tuple[int, int]:
+    block = (block, block) if isinstance(block, int) else tuple(block)
+    if len(block) != 2 or any(not isinstance(b, int) or b < 16 or b & (b - 1) for b in block):
+        raise AttnlangError(f"block must be a power of two >= 16 (or a pair of them), got {block!r}")
+    return block
+
+
+class AttentionKernel:
+    """A compiled attention pattern: `kernel(q, k, v, inputs=None, scale=None, return_lse=False)`.
+
+    q: (B, heads, N_q, head_dim); k, v: (B, heads_kv, N_k, head_dim), all of `dtype`. The
+    result is differentiable (fused backward kernels, deterministic).
+    """
+
+    def __init__(self, pattern, heads: int, head_dim: int, heads_kv: int | None = None,
+                 dtype=torch.float32, block=64):
+        heads_kv = heads if heads_kv is None else heads_kv
+        for name, value in (("heads", heads), ("heads_kv", heads_kv), ("head_dim", head_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise AttnlangError(f"{name} must be a positive int, got {value!r}")
+        if heads % heads_kv:
+            raise AttnlangError(f"heads_kv ({heads_kv}) must divide heads ({heads})")
+        if not 16 <= head_dim <= 256:
+            raise AttnlangError(f"head_dim must be between 16 and 256, got {head_dim}")
+        if dtype not in DTYPES:
+            raise AttnlangError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype}")
+        if pattern.is_routed:
+            raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
+        self.pattern = pattern
+        self.heads, self.heads_kv, self.head_dim, self.dtype = heads, heads_kv, head_dim, dtype
+        self.block_m, self.block_n = _tile_shape(block)
+        tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
+        self.source = generate_source(pattern.ir, tag)
+        self._tables: dict = {}
+
+    def __repr__(self) -> str:
+        return (f"<AttentionKernel {self.pattern.label} heads={self.heads} heads_kv={self.heads_kv} "
+                f"head_dim={self.head_dim} dtype={DTYPES[self.dtype]} block={self.block_m}x{self.block_n}>")
+
+    # -- block tables -----------------------------------------------------------------
+
+    def block_maps(self, seq_q: int, seq_k: int, inputs=None, batch: int = 1):
+        """The analysis' block maps for these lengths: one, or one per batch row of inputs."""
+        per_batch = any(np.asarray(_numpy(v)).ndim == 2 for v in (inputs or {}).values())
+        rows = range(batch) if per_batch else range(1)
+        return [self.pattern.analyze(seq_q, seq_k, self.heads, (self.block_m, self.block_n), inputs, batch=b)
+                for b in rows]
+
+    def tables(self, seq_q: int, seq_k: int, inputs, batch: int, device):
+        key = (seq_q, seq_k, _inputs_key(inputs), batch, str(device))
+        if key not in self._tables:
+            maps = self.block_maps(seq_q, seq_k, inputs, batch)
+            self._tables[key] = {
+                "forward": [_stack([m._forward[kind] for m in maps], device) for kind in (1, 0)],
+                "backward": [_stack([m._backward[kind] for m in maps], device) for kind in (1, 0)],
+                "map_batch": len(maps),
+                "map_heads": maps[0].kinds.shape[0],
+            }
+        return self._tables[key]
+
+    # -- running ----------------------------------------------------------------------
+
+    def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
+        self._check(q, k, v)
+        batch, _, seq_q, _ = q.shape
+        seq_k = k.shape[2]
+        checked = self.pattern.ir and _checked_inputs(self.pattern, inputs, max(seq_q, seq_k), q.device)
+        tables = self.tables(seq_q, seq_k, inputs, batch, q.device)
+        scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+        out, lse = _Attention.apply(q, k, v, self, tables, checked, scale)
+        return (out, lse) if return_lse else out
+
+    def _check(self, q, k, v):
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise AttnlangError(f"{name} must be a 4-D tensor (batch, heads, tokens, head_dim)")
+            if t.dtype != self.dtype:
+                raise AttnlangError(f"{name} is {t.dtype}, but the kernel was compiled for {self.dtype}")
+        if q.shape[1] != self.heads or q.shape[3] != self.head_dim:
+            raise AttnlangError(f"q must have {self.heads} heads of dim {self.head_dim}, got shape {tuple(q.shape)}")
+        expected = (q.shape[0], self.heads_kv, k.shape[2], self.head_dim)
+        if tuple(k.shape) != expected or k.shape != v.shape:
+            raise AttnlangError(f"k and v must both be {expected}, got {tuple(k.shape)} and {tuple(v.shape)}")
+        if not (q.device == k.device == v.device):
+            raise AttnlangError("q, k and v must be on the same device")
+
+    def _module(self, device):
+        return load_module(self.source, self.pattern.slug, interpret=device.type != "cuda")
+
+    def _launch(self, device, kernel: str, grid, *args, **meta):
+        # Triton also consults the interpreter setting while launching (lazy imports)
+        with _interpreter(device.type != "cuda"):
+            getattr(self._module(device), kernel)[grid](*args, **meta)
+
+    def _launch_arguments(self, tables, inputs, direction):
+        (full_num, full_idx), (part_num, part_idx) = tables[direction]
+        args = [full_num, full_idx, full_idx.shape[-1], part_num, part_idx, part_idx.shape[-1]]
+        for name in self.pattern.inputs:
+            tensor = inputs[name]
+            args += [tensor, tensor.shape[-1] if tensor.shape[0] > 1 else 0, tensor.shape[-1]]
+        return args
+
+    def _meta(self, tables):
+        return dict(HEADS=self.heads, GROUP=self.heads // self.heads_kv, MAP_HEADS=tables["map_heads"],
+                    MAP_BATCH=tables["map_batch"], HEAD_DIM=self.head_dim,
+                    HEAD_DIM_P=max(16, triton_next_power_of_2(self.head_dim)),
+                    BLOCK_M=self.block_m, BLOCK_N=self.block_n,
+                    PRECISION="ieee" if self.dtype == torch.float32 else "tf32")
+
+    def forward(self, q, k, v, tables, inputs, scale):
+        batch, heads, seq_q, _ = q.shape
+        seq_k = k.shape[2]
+        out = torch.empty_like(q)
+        lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
+        grid = (-(-seq_q // self.block_m), batch * heads)
+        self._launch(q.device, "attention_forward", grid,
+                     q, k, v, out, lse, *self._launch_arguments(tables, inputs, "forward"), scale, seq_q, seq_k,
+                     *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **self._meta(tables))
+        return out, lse
+
+    def backward(self, q, k, v, out, lse, dout, dlse, tables, inputs, scale):
+        batch, heads, seq_q, _ = q.shape
+        seq_k = k.shape[2]
+        dout = dout.contiguous()
+        # dS = P (dP - delta); a gradient on the LSE adds P dLSE, i.e. lowers delta by it
+        delta = (dout.float() * out.float()).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.float()
+        delta = delta.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+        meta = self._meta(tables)
+        self._launch(q.device, "attention_backward_kv", (-(-seq_k // self.block_n), batch * self.heads_kv),
+                     q, k, v, dout, lse, delta, dk, dv, *self._launch_arguments(tables, inputs, "backward"),
+                     scale, seq_q, seq_k, *strides, HEADS_KV=self.heads_kv, **meta)
+        self._launch(q.device, "attention_backward_q", (-(-seq_q // self.block_m), batch * heads),
+                     q, k, v, dout, lse, delta, dq, *self._launch_arguments(tables, inputs, "forward"),
+                     scale, seq_q, seq_k, *strides, **meta)
+        return dq, dk, dv
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kernel, tables, inputs, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = kernel.forward(q, k, v, tables, inputs, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.kernel, ctx.tables, ctx.inputs, ctx.scale = kernel, tables, inputs, scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = ctx.kernel.backward(q, k, v, out, lse, dout, dlse, ctx.tables, ctx.inputs, ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def triton_next_power_of_2(value: int) -> int:
+    return 1 << (value - 1).bit_length()
+
+
+def _numpy(value):
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _inputs_key(inputs) -> str:
+    if not inputs:
+        return ""
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        array = np.ascontiguousarray(_numpy(inputs[name]).astype(np.int64))
+        digest.update(name.encode() + str(array.shape).encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+def _checked_inputs(pattern, inputs, length: int, device) -> dict:
+    """Each declared input as an int64 (rows, tokens) device tensor (rows: 1 or batch)."""
+    from attnlang.reference import check_inputs
+    check_inputs(pattern.ir, {k: _numpy(v) for k, v in (inputs or {}).items()}, length)
+    tensors = {}
+    for name in pattern.inputs:
+        array = _numpy(inputs[name]).astype(np.int64)
+        array = array[None] if array.ndim == 1 else array
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return tensors
+
+
+def _stack(tables, device):
+    """Per-batch (counts, indices) → int32 device tensors (maps, heads, rows[, width])."""
+    width = max(indices.shape[-1] for _, indices in tables)
+    counts = np.stack([c for c, _ in tables])
+    indices = np.zeros((len(tables),) + tables[0][1].shape[:2] + (width,), dtype=np.int32)
+    for i, (_, idx) in enumerate(tables):
+        indices[i, :, :, :idx.shape[-1]] = idx
+    return (torch.from_numpy(np.ascontiguousarray(counts)).to(device),
+            torch.from_numpy(indices).to(device))

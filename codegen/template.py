@@ -1,0 +1,294 @@
+"""The kernel template: block-sparse flash attention, forward and backward, with two
+splice points per pattern — its mask and its logit (plus the logit's derivative).
+
+Glossary of the generated source:
+    q_pos, k_pos   int64 token positions of the tile, (BLOCK_M, 1) and (1, BLOCK_N)
+    off_b, off_h   batch and (query) head of the program; off_kvh its key/value head
+    score          the scaled q·k tile (float32); logit: the pattern's transform of it
+    m_i, l_i, acc  running row max, row sum of exp, and output accumulator (online softmax)
+    FULL_*/PART_*  block tables: per row of tiles a count, then tile indices, ascending
+    MAP_HEADS      1 when the mask does not read h, else HEADS (rows of the block tables)
+    GROUP          query heads per key/value head (grouped-query attention)
+Full tiles are walked without evaluating the mask; partial tiles with it; empty tiles never.
+Rows whose every key is masked give output 0 and LSE -inf, never NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from attnlang import ir
+from attnlang.ir import Type
+
+from .derivative import differentiate
+from .triton_printer import jit_function
+
+__all__ = ["generate_source", "KERNEL_VERSION"]
+
+KERNEL_VERSION = 1
+
+HELPERS = '''
+HASH_SEED = tl.constexpr(0x9E3779B9)
+
+
+@triton.jit
+def _floordiv(a, b):
+    """Floor division (Python's //); Triton's // truncates toward zero."""
+    quotient = a // b
+    return tl.where((a % b != 0) & ((a < 0) != (b < 0)), quotient - 1, quotient)
+
+
+@triton.jit
+def _mod(a, b):
+    """Python's %: the remainder has the divisor's sign."""
+    remainder = a % b
+    return tl.where((remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b, remainder)
+
+
+@triton.jit
+def _fmod(a, b):
+    return a - b * tl.floor(a / b)
+
+
+@triton.jit
+def _tanh(x):
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _hash_step(h, a):
+    """One round of attnlang's hash: MurmurHash3's fmix32 of h XOR a, in 32 bits."""
+    x = (h ^ (a & 0xFFFFFFFF)) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+'''
+
+KERNELS = '''
+@triton.jit
+def _forward_tile(acc, l_i, m_i, q, K, V, start_n, q_pos, off_b, off_h, N_Q, N_K, sm_scale,
+                  stride_kn, stride_vn, INPUT_PARAMS
+                  HEADS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                  PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
+    # -- load the key/value tile --
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    k_pos = offs_n[None, :].to(tl.int64)
+    kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    # -- compute the logits --
+    score = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
+    logit = _logit(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS)
+    allowed = k_pos < N_K
+    if PARTIAL:
+        allowed = allowed & _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS)
+    logit = tl.where(allowed, logit, float("-inf"))
+    # -- online softmax: a row with nothing allowed yet keeps m_i = -inf and sums 0 --
+    m_new = tl.maximum(m_i, tl.max(logit, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(logit - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NUM, PART_IDX, part_width,
+                      INPUT_PARAMS sm_scale, N_Q, N_K,
+                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                      HEADS: tl.constexpr, GROUP: tl.constexpr, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
+                      HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    start_m = tl.program_id(0)
+    off_b = tl.program_id(1) // HEADS
+    off_h = tl.program_id(1) % HEADS
+    off_kvh = off_h // GROUP
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    q_pos = offs_m[:, None].to(tl.int64)
+    q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=q_mask, other=0.0)
+    K_head = K + off_b * stride_kb + off_kvh * stride_kh
+    V_head = V + off_b * stride_vb + off_kvh * stride_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
+    # which row of the block tables: per head only if the mask reads h, per batch only for per-batch inputs
+    row = ((off_b if MAP_BATCH > 1 else 0) * MAP_HEADS + (off_h if MAP_HEADS > 1 else 0)) * tl.num_programs(0) + start_m
+    # -- full tiles: no mask --
+    for i in range(tl.load(FULL_NUM + row)):
+        start_n = tl.load(FULL_IDX + row * full_width + i) * BLOCK_N
+        acc, l_i, m_i = _forward_tile(acc, l_i, m_i, q, K_head, V_head, start_n, q_pos, off_b, off_h, N_Q, N_K,
+                                      sm_scale, stride_kn, stride_vn, INPUT_ARGS
+                                      HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, PRECISION)
+    # -- partial tiles: the pattern's mask --
+    for i in range(tl.load(PART_NUM + row)):
+        start_n = tl.load(PART_IDX + row * part_width + i) * BLOCK_N
+        acc, l_i, m_i = _forward_tile(acc, l_i, m_i, q, K_head, V_head, start_n, q_pos, off_b, off_h, N_Q, N_K,
+                                      sm_scale, stride_kn, stride_vn, INPUT_ARGS
+                                      HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, PRECISION)
+    # -- epilogue: fully masked rows give 0 and -inf --
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+    tl.store(Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=q_mask)
+    tl.store(Lse + (off_b * HEADS + off_h) * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+@triton.jit
+def _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale, INPUT_PARAMS
+                   HEADS: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
+    """Recompute the probabilities of one tile; return them and dS (w.r.t. the raw score)."""
+    score = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
+    logit = _logit(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS)
+    allowed = (k_pos < N_K) & (q_pos < N_Q)
+    if PARTIAL:
+        allowed = allowed & _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS)
+    lse_safe = tl.where(lse == float("-inf"), 0.0, lse)
+    p = tl.where(allowed, tl.exp(logit - lse_safe[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    ds = tl.where(allowed, ds * _dlogit(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS), 0.0)
+    return p, ds
+
+
+@triton.jit
+def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, full_width, PART_NUM, PART_IDX,
+                          part_width, INPUT_PARAMS sm_scale, N_Q, N_K,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn,
+                          HEADS: tl.constexpr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
+                          MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
+                          HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """dK and dV of one key tile: the query tiles of the transposed tables, every head of the group."""
+    start_n = tl.program_id(0)
+    off_b = tl.program_id(1) // HEADS_KV
+    off_kvh = tl.program_id(1) % HEADS_KV
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    k_pos = offs_n[None, :].to(tl.int64)
+    kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    k = tl.load(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM_P], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM_P], tl.float32)
+    for g in range(GROUP):
+        off_h = off_kvh * GROUP + g
+        row = ((off_b if MAP_BATCH > 1 else 0) * MAP_HEADS + (off_h if MAP_HEADS > 1 else 0)) * tl.num_programs(0) + start_n
+        for stage in range(2):  # 0: full tiles, 1: partial tiles
+            count = tl.load(FULL_NUM + row) if stage == 0 else tl.load(PART_NUM + row)
+            for i in range(count):
+                if stage == 0:
+                    start_m = tl.load(FULL_IDX + row * full_width + i) * BLOCK_M
+                else:
+                    start_m = tl.load(PART_IDX + row * part_width + i) * BLOCK_M
+                offs_m = start_m + tl.arange(0, BLOCK_M)
+                q_pos = offs_m[:, None].to(tl.int64)
+                q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+                head = off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+                q = tl.load(Q + head, mask=q_mask, other=0.0)
+                do = tl.load(DO + head, mask=q_mask, other=0.0)
+                rows = (off_b * HEADS + off_h) * N_Q + offs_m
+                lse = tl.load(Lse + rows, mask=offs_m < N_Q, other=float("-inf"))
+                delta = tl.load(Delta + rows, mask=offs_m < N_Q, other=0.0)
+                if stage == 0:
+                    p, ds = _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale,
+                                           INPUT_ARGS HEADS, False, PRECISION)
+                else:
+                    p, ds = _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale,
+                                           INPUT_ARGS HEADS, True, PRECISION)
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    out = off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_width, PART_NUM, PART_IDX,
+                         part_width, INPUT_PARAMS sm_scale, N_Q, N_K,
+                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                         stride_vb, stride_vh, stride_vn,
+                         HEADS: tl.constexpr, GROUP: tl.constexpr, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """dQ of one query tile, over the key tiles of the forward tables (no atomics: deterministic)."""
+    start_m = tl.program_id(0)
+    off_b = tl.program_id(1) // HEADS
+    off_h = tl.program_id(1) % HEADS
+    off_kvh = off_h // GROUP
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    q_pos = offs_m[:, None].to(tl.int64)
+    q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    head = off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(Q + head, mask=q_mask, other=0.0)
+    do = tl.load(DO + head, mask=q_mask, other=0.0)
+    rows = (off_b * HEADS + off_h) * N_Q + offs_m
+    lse = tl.load(Lse + rows, mask=offs_m < N_Q, other=float("-inf"))
+    delta = tl.load(Delta + rows, mask=offs_m < N_Q, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
+    row = ((off_b if MAP_BATCH > 1 else 0) * MAP_HEADS + (off_h if MAP_HEADS > 1 else 0)) * tl.num_programs(0) + start_m
+    for stage in range(2):
+        count = tl.load(FULL_NUM + row) if stage == 0 else tl.load(PART_NUM + row)
+        for i in range(count):
+            if stage == 0:
+                start_n = tl.load(FULL_IDX + row * full_width + i) * BLOCK_N
+            else:
+                start_n = tl.load(PART_IDX + row * part_width + i) * BLOCK_N
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k_pos = offs_n[None, :].to(tl.int64)
+            kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
+            k = tl.load(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=kv_mask, other=0.0)
+            v = tl.load(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                        mask=kv_mask, other=0.0)
+            if stage == 0:
+                p, ds = _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale,
+                                       INPUT_ARGS HEADS, False, PRECISION)
+            else:
+                p, ds = _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale,
+                                       INPUT_ARGS HEADS, True, PRECISION)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    tl.store(DQ + head, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+'''
+
+
+def _params(pattern: ir.PatternIR) -> tuple[str, str]:
+    """The input parameters of every generated function and the matching arguments."""
+    params = "".join(f"IN_{name}, stride_{name}, len_{name}, " for name in pattern.inputs)
+    return params, params
+
+
+def generate_source(pattern: ir.PatternIR, source_tag: str = "") -> str:
+    """The whole kernel module for one pattern: header, helpers, splice functions, kernels."""
+    params, args = _params(pattern)
+    signature = f"q_pos, k_pos, off_b, off_h, N_Q, N_K, {params}HEADS: tl.constexpr"
+    score_signature = "score, " + signature
+    mask = pattern.mask if pattern.mask != ir.TRUE else ir.Binary(
+        ">=", ir.Var("k", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
+    origin = f"from {source_tag}" if source_tag else ""
+    spliced = [
+        jit_function("_mask", signature, mask, origin),
+        jit_function("_logit", score_signature, pattern.logit, origin),
+        jit_function("_dlogit", score_signature, differentiate(pattern.logit), "d logit / d score"),
+    ]
+    kernels = KERNELS.replace("INPUT_PARAMS", params).replace("INPUT_ARGS", args)
+    params_text = ", ".join(f"{k}={v!r}" for k, v in pattern.params)
+    digest = hashlib.sha256((str(pattern) + kernels).encode()).hexdigest()[:12]
+    header = (f'"""Triton kernels generated by attnlang for pattern {pattern.name}({params_text}).\n\n'
+              f"mask:  {pattern.mask}\nlogit: {pattern.logit}\n"
+              f"inputs: {', '.join(pattern.inputs) or 'none'}   kernel version {KERNEL_VERSION}, "
+              f"id {digest}\n\nNeeds only torch and triton.\n\"\"\"\n\n"
+              "import triton\nimport triton.language as tl\n")
+    return "\n".join([header, HELPERS, *spliced, kernels])
