@@ -53,6 +53,14 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--png", metavar="FILE", help="also save the block map as a picture")
     show.set_defaults(run=_run_show)
 
+    compile_ = commands.add_parser("compile", help="write a pattern's Triton kernels as a standalone module")
+    compile_.add_argument("file", metavar="FILE")
+    compile_.add_argument("pattern", metavar="PATTERN")
+    compile_.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE")
+    compile_.add_argument("--block", type=int, default=64, metavar="B", help="tile side (a power of two >= 16)")
+    compile_.add_argument("-o", "--output", required=True, metavar="kernel.py")
+    compile_.set_defaults(run=_run_compile)
+
     analyze = commands.add_parser("analyze", help="block sparsity, density and complexity of a pattern")
     _add_pattern_arguments(analyze)
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
@@ -143,6 +151,20 @@ def _run_show(args) -> int:
         _print_head_title(pattern, head, heads_shown)
         print(render_tiles(kinds[min(head, kinds.shape[0] - 1)], block))
     print(f"{TILE_LEGEND}   (tiles of {block} x {block} tokens)")
+    return 0
+
+
+def _run_compile(args) -> int:
+    pattern = _load_pattern(args)
+    from codegen.runtime import _tile_shape
+    from codegen.template import standalone_source
+    if pattern.is_routed:
+        raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
+    block = _tile_shape(args.block)
+    tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
+    Path(args.output).write_text(standalone_source(pattern.ir, block, tag))
+    print(f"wrote {args.output}: {pattern.label}, tiles {block[0]} x {block[1]}; "
+          f"call attention(q, k, v{', inputs={...}' if pattern.inputs else ''})")
     return 0
 
 

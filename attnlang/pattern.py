@@ -114,7 +114,7 @@ class Pattern:
         static = reference.mask_block(self.ir, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                       checked, batch=batch)
         if not self.is_routed or static_only:
-            return np.ascontiguousarray(static)
+            return np.require(static, requirements=["C", "W"])  # a broadcast view is read-only
         if q is None or k is None:
             raise AttnlangError(f"pattern '{self.name}' routes by content: pass q= and k= to reference_mask, "
                                 "or static_only=True for its static mask")

@@ -22,7 +22,7 @@ import torch
 from attnlang.analysis import mask_depends_on_head
 from attnlang.errors import AttnlangError
 
-from .template import generate_source
+from .template import generate_source, standalone_source
 
 __all__ = ["AttentionKernel", "cache_dir"]
 
@@ -52,8 +52,22 @@ def _interpreter(enabled: bool):
             os.environ["TRITON_INTERPRET"] = saved
 
 
+def _check_triton_mode(interpret: bool) -> None:
+    """Triton decorates its own library once, when first imported: interpreted or compiled."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    library_interpreted = isinstance(tl.zeros, InterpretedFunction)
+    if interpret and not library_interpreted:
+        raise AttnlangError("CPU tensors run under the Triton interpreter, which must be on before triton is "
+                            "imported: set TRITON_INTERPRET=1 in the environment (or pass CUDA tensors)")
+    if not interpret and library_interpreted:
+        raise AttnlangError("CUDA tensors need compiled Triton kernels, but TRITON_INTERPRET=1 is set: "
+                            "unset it to run on the GPU")
+
+
 def load_module(source: str, name: str, interpret: bool):
     """Import generated source from the kernel cache (Triton needs a real file to read)."""
+    _check_triton_mode(interpret)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     key = (digest, interpret)
     if key not in _MODULES:
@@ -105,7 +119,12 @@ class AttentionKernel:
         self.block_m, self.block_n = _tile_shape(block)
         tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
         self.source = generate_source(pattern.ir, tag)
+        self._tag = tag
         self._tables: dict = {}
+
+    def standalone_source(self) -> str:
+        """This kernel as a module that needs only torch and triton (`attnlang compile -o`)."""
+        return standalone_source(self.pattern.ir, (self.block_m, self.block_n), self._tag)
 
     def __repr__(self) -> str:
         return (f"<AttentionKernel {self.pattern.label} heads={self.heads} heads_kv={self.heads_kv} "

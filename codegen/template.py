@@ -292,3 +292,145 @@ def generate_source(pattern: ir.PatternIR, source_tag: str = "") -> str:
               f"id {digest}\n\nNeeds only torch and triton.\n\"\"\"\n\n"
               "import triton\nimport triton.language as tl\n")
     return "\n".join([header, HELPERS, *spliced, kernels])
+
+
+STANDALONE = '''
+
+# ---------------------------------------------------------------------------------------
+# Standalone runtime: block tables filled on the device, autograd, a one-call entry point.
+# ---------------------------------------------------------------------------------------
+
+import math
+
+import torch
+
+
+@triton.jit
+def classify_tiles(Kinds, INPUT_PARAMS N_Q, N_K, HEADS: tl.constexpr, MAP_HEADS: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Kinds[(b, h), m, n] = 0 empty / 1 partial / 2 full, by evaluating the mask on the tile."""
+    start_m = tl.program_id(0)
+    start_n = tl.program_id(1)
+    off_b = tl.program_id(2) // MAP_HEADS
+    off_h = tl.program_id(2) % MAP_HEADS
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_pos = offs_m[:, None].to(tl.int64)
+    k_pos = offs_n[None, :].to(tl.int64)
+    inside = (q_pos < N_Q) & (k_pos < N_K)
+    allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS) & inside
+    count = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
+    total = tl.sum(tl.sum(inside.to(tl.int32), 1), 0)
+    kind = tl.where(count == 0, 0, tl.where(count == total, 2, 1))
+    tl.store(Kinds + (tl.program_id(2) * tl.num_programs(0) + start_m) * tl.num_programs(1) + start_n, kind)
+
+
+def _tables_from_kinds(kinds, kind):
+    """Per-row counts and ascending indices (FlexAttention layout) of the tiles of `kind`."""
+    selected = kinds == kind
+    counts = selected.sum(-1).to(torch.int32)
+    order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts.contiguous(), order.contiguous()
+
+
+def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK_M_DEFAULT, block_n=BLOCK_N_DEFAULT):
+    """Block tables on the device: forward (by query tile) and backward (by key tile)."""
+    map_heads = heads if MASK_READS_HEAD else 1
+    batches = max([t.shape[0] for t in inputs.values()] + [1])
+    tiles_m, tiles_n = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
+    kinds = torch.empty((batches * map_heads, tiles_m, tiles_n), dtype=torch.int8, device=device)
+    classify_tiles[(tiles_m, tiles_n, batches * map_heads)](kinds, *_input_arguments(inputs), seq_q, seq_k,
+                                                            HEADS=heads, MAP_HEADS=map_heads,
+                                                            BLOCK_M=block_m, BLOCK_N=block_n)
+    kinds = kinds.view(batches, map_heads, tiles_m, tiles_n)
+    transposed = kinds.transpose(-1, -2).contiguous()
+    return {"forward": [_tables_from_kinds(kinds, 2), _tables_from_kinds(kinds, 1)],
+            "backward": [_tables_from_kinds(transposed, 2), _tables_from_kinds(transposed, 1)],
+            "map_batch": batches, "map_heads": map_heads}
+
+
+def _input_arguments(inputs):
+    arguments = []
+    for name in INPUT_NAMES:
+        tensor = inputs[name]
+        arguments += [tensor, tensor.shape[-1] if tensor.shape[0] > 1 else 0, tensor.shape[-1]]
+    return arguments
+
+
+def _meta(tables, heads, heads_kv, head_dim, dtype, block_m, block_n):
+    return dict(HEADS=heads, GROUP=heads // heads_kv, MAP_HEADS=tables["map_heads"], MAP_BATCH=tables["map_batch"],
+                HEAD_DIM=head_dim, HEAD_DIM_P=max(16, triton.next_power_of_2(head_dim)),
+                BLOCK_M=block_m, BLOCK_N=block_n, PRECISION="ieee" if dtype == torch.float32 else "tf32")
+
+
+def _table_arguments(tables, direction):
+    (full_num, full_idx), (part_num, part_idx) = tables[direction]
+    return [full_num, full_idx, full_idx.shape[-1], part_num, part_idx, part_idx.shape[-1]]
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, inputs, scale, block_m, block_n):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        batch, heads, seq_q, head_dim = q.shape
+        heads_kv, seq_k = k.shape[1], k.shape[2]
+        tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n)
+        meta = _meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
+        out = torch.empty_like(q)
+        lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
+        attention_forward[(triton.cdiv(seq_q, block_m), batch * heads)](
+            q, k, v, out, lse, *_table_arguments(tables, "forward"), *_input_arguments(inputs), scale, seq_q, seq_k,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **meta)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.tables, ctx.inputs, ctx.scale, ctx.meta = tables, inputs, scale, meta
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        batch, heads, seq_q, _ = q.shape
+        heads_kv, seq_k = k.shape[1], k.shape[2]
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        delta = (dout.float() * out.float()).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.float()
+        delta = delta.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+        meta = ctx.meta
+        inputs = _input_arguments(ctx.inputs)
+        attention_backward_kv[(triton.cdiv(seq_k, meta["BLOCK_N"]), batch * heads_kv)](
+            q, k, v, dout, lse, delta, dk, dv, *_table_arguments(ctx.tables, "backward"), *inputs, ctx.scale,
+            seq_q, seq_k, *strides, HEADS_KV=heads_kv, **meta)
+        attention_backward_q[(triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)](
+            q, k, v, dout, lse, delta, dq, *_table_arguments(ctx.tables, "forward"), *inputs, ctx.scale,
+            seq_q, seq_k, *strides, **meta)
+        return dq, dk, dv, None, None, None, None
+
+
+def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK_M_DEFAULT, block_n=BLOCK_N_DEFAULT):
+    """PATTERN_LABEL attention. q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D); inputs: name -> int tensor
+    of one entry per token ((tokens,) or (B, tokens)). Differentiable."""
+    inputs = dict(inputs or {})
+    missing = [name for name in INPUT_NAMES if name not in inputs]
+    if missing:
+        raise ValueError(f"this pattern needs input {missing[0]!r}: an int tensor with one entry per token")
+    inputs = {name: (t if t.dim() == 2 else t[None]).to(device=q.device, dtype=torch.int64).contiguous()
+              for name, t in ((n, torch.as_tensor(inputs[n])) for n in INPUT_NAMES)}
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, lse = _Attention.apply(q, k, v, inputs, scale, block_m, block_n)
+    return (out, lse) if return_lse else out
+'''
+
+
+def standalone_source(pattern: ir.PatternIR, block: tuple[int, int], source_tag: str = "") -> str:
+    """A module that needs only torch and triton: the kernels, a device-side tile classifier
+    that fills the block tables, and `attention(q, k, v, inputs=None, scale=None)`."""
+    from attnlang.analysis import mask_depends_on_head
+    params, args = _params(pattern)
+    label = f"{pattern.name}({', '.join(f'{k}={v!r}' for k, v in pattern.params)})"
+    runtime = (STANDALONE.replace("INPUT_PARAMS", params).replace("INPUT_ARGS", args)
+               .replace("BLOCK_M_DEFAULT", str(block[0])).replace("BLOCK_N_DEFAULT", str(block[1]))
+               .replace("MASK_READS_HEAD", str(mask_depends_on_head(pattern)))
+               .replace("INPUT_NAMES", repr(tuple(pattern.inputs))).replace("PATTERN_LABEL", label))
+    return generate_source(pattern, source_tag) + runtime

@@ -2,6 +2,11 @@
 
 import os
 
+# Kernels run on CPU tensors under the Triton interpreter, which Triton reads when it is
+# first imported (torch may import it): set it before anything else. A GPU run sets
+# TRITON_INTERPRET=0 explicitly.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
