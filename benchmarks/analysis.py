@@ -97,11 +97,15 @@ def main():
     parser.add_argument("--flex-limit-gib", type=float, default=16.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--table", action="store_true", help="print results/analysis.json as a markdown table")
     parser.add_argument("--child", nargs=4, metavar=("TOOL", "PATTERN", "N", "REPEAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         tool, key, n, repeat = args.child
         print(json.dumps(measure(tool, key, int(n), int(repeat))))
+        return
+    if args.table:
+        print_table()
         return
 
     rows = []
@@ -127,6 +131,27 @@ def main():
     payload = {"benchmark": "analysis", "environment": environment(), "block": BLOCK,
                "flex_limit_gib": args.flex_limit_gib, "documents": DOCUMENTS, "rows": rows}
     print("wrote", write_json("analysis", payload))
+
+
+def print_table():
+    from _common import RESULTS
+    payload = json.loads((RESULTS / "analysis.json").read_text())
+    env = payload["environment"]
+    print(f"{env['processor']}, {env['cpus']} CPUs, {env['memory_gib']} GiB; torch {env['torch']}, "
+          f"commit {env['commit']}\n")
+    print("| pattern | N | attnlang | create_block_mask | speedup |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in payload["rows"]:
+        mine, theirs = row["attnlang"], row["create_block_mask"]
+        mine_text = f"{mine['seconds'] * 1000:.1f} ms, {mine['peak_mib']:.0f} MiB" if "seconds" in mine else mine["error"]
+        if "seconds" in theirs:
+            theirs_text = f"{theirs['seconds'] * 1000:,.0f} ms, {theirs['peak_mib']:,.0f} MiB"
+        elif theirs["error"].startswith("not tried"):
+            theirs_text = "—"
+        else:
+            theirs_text = theirs["error"]
+        speedup = f"{row['speedup']:,.0f}x" if row["speedup"] else ""
+        print(f"| {row['pattern']} | {row['n']:,} | {mine_text} | {theirs_text} | {speedup} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""The kernel suite in bf16 and fp16 on a CUDA GPU, against the float64 reference.
+
+Run on a GPU machine with the interpreter off: TRITON_INTERPRET=0 python -m pytest tests/test_gpu.py
+Tolerances follow FlexAttention's tests: the kernel's error may exceed that of the same-dtype
+reference by a small factor.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import attnlang
+
+from .flex_mods import MODS
+
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and TRITON_INTERPRET=0")
+
+STATIC = sorted(name for name in MODS if name not in ("moba", "biformer"))
+
+
+def max_error(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", STATIC)
+def test_kernel_error_is_within_a_factor_of_the_same_dtype_reference(name, dtype):
+    pattern = attnlang.stdlib()[name].bind(**MODS[name][0])
+    n, heads, dim = 1000, 4, 64
+    inputs = {"doc": np.sort(np.random.default_rng(0).integers(0, 5, n))} if pattern.inputs else None
+    q, k, v = (torch.randn(2, heads, n, dim, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    kernel = pattern.compile(heads=heads, head_dim=dim, dtype=dtype, block=(64, 64))
+    out = kernel(q, k, v, inputs=inputs)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    exact = pattern.reference_attention(q.double(), k.double(), v.double(), inputs=inputs)
+    exact_grads = torch.autograd.grad(exact, (q, k, v), grad.double())
+    same_dtype = pattern.reference_attention(q, k, v, inputs=inputs)  # float32 accumulation, dtype output
+    same_grads = torch.autograd.grad(same_dtype, (q, k, v), grad)
+    assert max_error(out, exact) <= 3 * max_error(same_dtype, exact) + 1e-3
+    for got, want, ref in zip(grads, exact_grads, same_grads):
+        assert torch.isfinite(got).all()
+        assert max_error(got, want) <= 5 * max_error(ref, want) + 1e-2
