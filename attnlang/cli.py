@@ -61,6 +61,23 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", required=True, metavar="kernel.py")
     compile_.set_defaults(run=_run_compile)
 
+    simulate = commands.add_parser("simulate", help="predict time and speedup on a GPU")
+    simulate.add_argument("file", metavar="FILE")
+    simulate.add_argument("patterns", metavar="PATTERN", help="a pattern, or several separated by commas")
+    simulate.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE")
+    simulate.add_argument("--seq", required=True, metavar="N[,N...]", help="sequence lengths")
+    simulate.add_argument("--hw", default="h100", help="h100, h200, a100, b200, l40s, or a profile file")
+    simulate.add_argument("--heads", type=int, default=16)
+    simulate.add_argument("--head-dim", type=int, default=128)
+    simulate.add_argument("--batch", type=int, default=1)
+    simulate.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    simulate.add_argument("--block", default="128,64", metavar="BM,BN")
+    simulate.add_argument("--backward", action="store_true", help="forward + backward")
+    simulate.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=V*COUNT,...")
+    simulate.add_argument("--json", action="store_true")
+    simulate.add_argument("--plot", metavar="FILE", help="speedup against length, as a PNG")
+    simulate.set_defaults(run=_run_simulate)
+
     analyze = commands.add_parser("analyze", help="block sparsity, density and complexity of a pattern")
     _add_pattern_arguments(analyze)
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
@@ -69,8 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pattern_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="a .attn file (a pattern of the standard library may "
-                        "also be named by its file in patterns/)")
+    parser.add_argument("file", metavar="FILE", help="a .attn file, a file of patterns/ by name, or 'stdlib'")
     parser.add_argument("pattern", metavar="PATTERN")
     parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
                         help="bind a parameter (repeatable)")
@@ -168,6 +184,56 @@ def _run_compile(args) -> int:
     return 0
 
 
+def _run_simulate(args) -> int:
+    from .simulator import load_hardware, simulate
+    hardware = load_hardware(args.hw)
+    lengths = _int_list("--seq", args.seq)
+    block = tuple(_int_list("--block", args.block))
+    if len(block) != 2:
+        raise AttnlangError(f"--block expects BM,BN, got '{args.block}'")
+    series = {}
+    for name in args.patterns.split(","):
+        args.pattern = name.strip()
+        pattern = _load_pattern(args)
+        results = []
+        for n in lengths:
+            inputs = _parse_inputs(args.inputs, pattern, n) if pattern.inputs else None
+            results.append(simulate(pattern, seq=n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+                                    batch=args.batch, hardware=hardware, backward=args.backward, block=block,
+                                    inputs=inputs))
+        series[pattern.label] = results
+    if args.json:
+        print(json.dumps([r.as_dict() for results in series.values() for r in results]))
+    else:
+        direction = "forward + backward" if args.backward else "forward"
+        print(f"{hardware.name}: B={args.batch}, H={args.heads}, D={args.head_dim}, {args.dtype}, "
+              f"tiles {block[0]} x {block[1]}, {direction} (uncalibrated unless the profile was calibrated)")
+        print(f"{'pattern':34} {'N':>8} {'time ms':>10} {'dense ms':>10} {'speedup':>8} {'bound':>7} "
+              f"{'util':>5}  breakdown ms (mma / elementwise / memory / overhead / imbalance)")
+        for label, results in series.items():
+            for r in results:
+                b = r.breakdown
+                print(f"{label[:34]:34} {r.seq:8d} {r.time_ms:10.3f} {r.dense_time_ms:10.3f} {r.speedup:8.2f} "
+                      f"{r.upper_bound:7.2f} {r.utilization:5.2f}  {b['mma']:.3f} / {b['elementwise']:.3f} / "
+                      f"{b['memory']:.3f} / {b['overhead']:.3f} / {b['imbalance']:.3f}")
+    if args.plot:
+        from .plots import plot_speedups
+        plot_speedups(series, args.plot, hardware.key, args.backward)
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AttnlangError(f"{flag} expects comma-separated integers, got '{text}'") from None
+    for value in values:
+        _check_positive(flag, value)
+    return values
+
+
 def _run_analyze(args) -> int:
     pattern = _load_pattern(args)
     seq_q, seq_k, heads = _lengths(args)
@@ -253,7 +319,7 @@ def _load_pattern(args) -> Pattern:
     path = Path(args.file)
     if not path.exists() and (stdlib_dir() / path.name).exists():
         path = stdlib_dir() / path.name
-    module: Module = load(path)
+    module: Module = stdlib() if args.file == "stdlib" and not path.exists() else load(path)
     pattern = module[args.pattern]
     return pattern.bind(**_parse_defines(args.defines, pattern))
 

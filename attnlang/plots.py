@@ -11,7 +11,7 @@ import numpy as np
 from .errors import AttnlangError
 from .reference import EMPTY, FULL, PARTIAL
 
-__all__ = ["plot_block_map"]
+__all__ = ["plot_block_map", "plot_speedups"]
 
 COLORS = {EMPTY: "#f4f4f4", PARTIAL: "#f2a541", FULL: "#1f4e79"}
 
@@ -52,5 +52,30 @@ def plot_block_map(block_map, path, title: str = "", heads=None) -> None:
                     f"{block_map.block_q} x {block_map.block_k} tiles, tile density {block_map.tile_density:.3f}",
                     fontsize=10)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+
+
+def plot_speedups(series: dict, path, hardware: str, backward: bool) -> None:
+    """Simulated speedup over dense against sequence length, one line per pattern.
+
+    `series` maps a pattern label to a list of SimResult. Dashed lines: the tile-count bound.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for index, (label, results) in enumerate(series.items()):
+        color = f"C{index % 10}"
+        lengths = [r.seq for r in results]
+        axis.plot(lengths, [r.speedup for r in results], marker="o", color=color, label=label)
+        axis.plot(lengths, [r.upper_bound for r in results], linestyle="--", color=color, alpha=0.5)
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log", base=2)
+    axis.set_xlabel("sequence length (tokens)")
+    axis.set_ylabel("speedup over dense attention")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8, frameon=False)
+    direction = "forward + backward" if backward else "forward"
+    axis.set_title(f"simulated speedup on {hardware} ({direction}); dashed: tile-count bound", fontsize=10)
+    figure.tight_layout()
     figure.savefig(path, dpi=150)
     plt.close(figure)

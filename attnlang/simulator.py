@@ -1,0 +1,290 @@
+"""Predict a pattern's attention time and speedup on a GPU from its block map.
+
+Cost of one tile (a BLOCK_M x BLOCK_N block of pairs, head dim D) on one SM:
+    MMA          4·bm·bn·D flops forward (14 backward: dK/dV 8, dQ 6) at the SM's share of
+                 peak tensor throughput × `efficiency.mma`
+    elementwise  softmax (6 ops a pair) + the logit transform (every tile) + the mask
+                 (PARTIAL tiles only), ops weighted by kind from the IR (`ir_cost`), at the
+                 SM's share of FP32 throughput × `efficiency.elementwise`
+    memory       the K and V tiles (Q and dO backward) at the SM's share of HBM bandwidth ×
+                 `efficiency.memory`; only the part not hidden behind compute counts
+    overhead     `tile_overhead_ns` per visited tile (index load, pipeline bubble)
+A program (one query tile of one head) costs the sum of its tiles plus `program_overhead_ns`.
+Programs are placed on `sms × programs_per_sm` slots the way the grid launches them — in
+launch order, each on the slot that frees first — so waves and tail imbalance show.
+Longest-first placement models a persistent kernel; "fluid" placement (perfect balance) and
+`compute_only` give the NATTEN-style bound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import ir
+from .analysis import FULL, PARTIAL, BlockMap
+from .errors import AttnlangError
+
+__all__ = ["Hardware", "SimResult", "simulate", "ir_cost", "schedule_programs", "HARDWARE", "load_hardware"]
+
+HARDWARE = ("h100", "h200", "a100", "b200", "l40s")
+REQUIRED = ("name", "sms", "bf16_tflops", "fp32_tflops", "hbm_gb_per_s", "l2_mib", "smem_kib_per_sm", "clock_ghz")
+EFFICIENCY = ("mma", "elementwise", "memory", "tile_overhead_ns", "program_overhead_ns", "programs_per_sm")
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+SOFTMAX_OPS = 6.0       # per pair: scale, max, subtract, exp, sum, convert
+BACKWARD_OPS = 10.0     # per pair and backward pass: recompute exp, dP - delta, products, converts
+
+# elementwise cost of each IR operation, in FP32-op equivalents (integer division and the
+# special functions are several instructions; loads of inputs go through the cache)
+OP_COST = {"+": 1, "-": 1, "*": 1, "/": 4, "//": 20, "%": 20, "**": 8,
+           "==": 1, "!=": 1, "<": 1, "<=": 1, ">": 1, ">=": 1, "and": 1, "or": 1}
+CALL_COST = {"abs": 1, "min": 1, "max": 1, "floor": 1, "ceil": 1, "log": 4, "log2": 4, "exp": 4,
+             "sqrt": 4, "tanh": 6, "hash": 12}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A GPU's public numbers and the model's efficiency parameters (see attnlang/hardware/)."""
+
+    key: str
+    name: str
+    sms: int
+    bf16_tflops: float
+    fp32_tflops: float
+    hbm_gb_per_s: float
+    l2_mib: float
+    smem_kib_per_sm: float
+    clock_ghz: float
+    efficiency: dict = field(default_factory=dict)
+
+
+def load_hardware(name_or_path: str) -> Hardware:
+    """A profile by name (h100, h200, a100, b200, l40s) or from a TOML or JSON file."""
+    path = Path(name_or_path)
+    if path.suffix in (".toml", ".json") or path.exists():
+        source, text = str(path), _read(path)
+    else:
+        key = name_or_path.lower().replace(" ", "")
+        if key not in HARDWARE:
+            from .errors import did_you_mean
+            raise AttnlangError(f"unknown hardware '{name_or_path}'{did_you_mean(key, HARDWARE)} "
+                                f"(known: {', '.join(HARDWARE)}, or a profile file)")
+        source = f"attnlang/hardware/{key}.toml"
+        text = resources.files("attnlang").joinpath("hardware", f"{key}.toml").read_text()
+    data = _parse(text, source)
+    return _validate(data, source, path.stem if path.suffix else name_or_path.lower())
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise AttnlangError(f"cannot read hardware profile {path}: {err.strerror or err}") from None
+
+
+def _parse(text: str, source: str) -> dict:
+    import json
+    try:
+        return json.loads(text) if source.endswith(".json") else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise AttnlangError(f"hardware profile {source} is not valid: {err}") from None
+
+
+def _validate(data: dict, source: str, key: str) -> Hardware:
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        raise AttnlangError(f"hardware profile {source} is missing '{missing[0]}'")
+    efficiency = data.get("efficiency", {})
+    missing = [f for f in EFFICIENCY if f not in efficiency]
+    if missing:
+        raise AttnlangError(f"hardware profile {source} is missing efficiency.{missing[0]}")
+    for name in REQUIRED[1:]:
+        _check_positive(source, name, data[name])
+    for name in EFFICIENCY:
+        _check_positive(source, f"efficiency.{name}", efficiency[name], allow_zero=name.endswith("_ns"))
+    for name in ("mma", "elementwise", "memory"):
+        if efficiency[name] > 1:
+            raise AttnlangError(f"hardware profile {source}: efficiency.{name} must be at most 1, got {efficiency[name]}")
+    return Hardware(key=key, name=str(data["name"]), **{f: data[f] for f in REQUIRED[1:]}, efficiency=dict(efficiency))
+
+
+def _check_positive(source, name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+        raise AttnlangError(f"hardware profile {source}: {name} must be a positive number, got {value!r}")
+
+
+def ir_cost(expr: ir.Expr) -> float:
+    """Elementwise ops per pair to evaluate `expr`; a subexpression used twice is computed once."""
+    seen = set()
+    total = 0.0
+    for node in ir.walk(expr):
+        if node in seen:
+            continue
+        seen.add(node)
+        match node:
+            case ir.Binary(op):
+                total += OP_COST[op]
+            case ir.Call(func, args):
+                total += CALL_COST[func] * (len(args) if func == "hash" else 1)
+            case ir.Load():
+                total += 4
+            case ir.Unary() | ir.Cast() | ir.Select():
+                total += 1
+    return total
+
+
+@dataclass
+class SimResult:
+    """A prediction; times in milliseconds, `breakdown` sums to `time_ms`."""
+
+    pattern: str
+    hardware: str
+    seq: int
+    seq_k: int
+    batch: int
+    heads: int
+    head_dim: int
+    dtype: str
+    backward: bool
+    block: tuple[int, int]
+    time_ms: float
+    dense_time_ms: float
+    speedup: float
+    upper_bound: float
+    utilization: float
+    tile_density: float
+    programs: int
+    slots: int
+    breakdown: dict
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def schedule_programs(durations: np.ndarray, slots: int, placement: str = "greedy") -> float:
+    """Makespan of programs on identical slots: "greedy" in launch order (each program to the
+    slot that frees first), "longest-first" (a persistent kernel's order), or "fluid"."""
+    durations = np.asarray(durations, dtype=np.float64)
+    if placement == "fluid":
+        return float(durations.sum() / slots)
+    if placement == "longest-first":
+        durations = np.sort(durations)[::-1]
+    elif placement != "greedy":
+        raise AttnlangError(f"placement must be greedy, longest-first or fluid, got {placement!r}")
+    if len(durations) <= slots:
+        return float(durations.max(initial=0.0))
+    free = list(np.sort(durations[:slots]))  # the first wave
+    heapq.heapify(free)
+    for duration in durations[slots:]:
+        heapq.heappush(free, heapq.heappop(free) + duration)
+    return float(max(free))
+
+
+class _TileCosts:
+    """Seconds per visited tile on one SM, split into MMA, elementwise, memory and overhead."""
+
+    def __init__(self, hw: Hardware, bm: int, bn: int, dim: int, dtype: str, elementwise_ops: float,
+                 flops_per_pair_dim: float, loaded_rows: int, compute_only: bool):
+        eff = hw.efficiency
+        peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12 / hw.sms
+        fp32 = hw.fp32_tflops * 1e12 / hw.sms
+        bandwidth = hw.hbm_gb_per_s * 1e9 / hw.sms
+        pairs = bm * bn
+        self.mma = flops_per_pair_dim * pairs * dim / (peak * eff["mma"])
+        self.elementwise = 0.0 if compute_only else elementwise_ops * pairs / (fp32 * eff["elementwise"])
+        load = loaded_rows * dim * DTYPE_BYTES[dtype] / (bandwidth * eff["memory"])
+        self.memory = 0.0 if compute_only else max(0.0, load - self.mma - self.elementwise)
+        self.overhead = 0.0 if compute_only else eff["tile_overhead_ns"] * 1e-9
+
+    @property
+    def total(self) -> float:
+        return self.mma + self.elementwise + self.memory + self.overhead
+
+
+def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_dim: int = 128,
+             dtype: str = "bf16", batch: int = 1, hardware="h100", backward: bool = False,
+             block=(128, 64), seq_k: int | None = None, inputs=None, placement: str = "greedy",
+             compute_only: bool = False, partial_as_full: bool = False) -> SimResult:
+    """Predicted time of attnlang's kernel for a pattern (or a block map) on a GPU.
+
+    `speedup` is against the same kernel on a dense (all-FULL) map; `upper_bound` is
+    dense tiles / visited tiles (what a tile-counting simulator would claim). With
+    `compute_only` and `partial_as_full`, only tensor-core work is priced and partial tiles
+    cost like full ones; with `placement="fluid"` too, speedup equals the upper bound.
+    """
+    hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
+    if dtype not in DTYPE_BYTES:
+        raise AttnlangError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs)
+    pattern = block_map.pattern
+    bm, bn = block_map.block_q, block_map.block_k
+    seq, seq_k = block_map.seq_q, block_map.seq_k
+    logit_ops = ir_cost(pattern.logit)
+    mask_ops = 0.0 if partial_as_full else ir_cost(pattern.mask) + 2  # + bounds check and select
+    slots = hw.sms * int(hw.efficiency["programs_per_sm"])
+
+    def run(kinds: np.ndarray):
+        passes = [("forward", kinds, 4.0, SOFTMAX_OPS + logit_ops, 2 * bn)]
+        if backward:
+            derivative = 0.0 if pattern.logit == ir.Var("score", ir.Type.FLOAT) else 2 * logit_ops
+            # dK/dV: programs per key tile over the transposed map; dQ: per query tile
+            passes += [("backward_kv", kinds.transpose(0, 2, 1), 8.0, BACKWARD_OPS + logit_ops + derivative, 2 * bm),
+                       ("backward_q", kinds, 6.0, BACKWARD_OPS + logit_ops + derivative, 2 * bn)]
+        total, parts = 0.0, {"mma": 0.0, "elementwise": 0.0, "memory": 0.0, "overhead": 0.0, "imbalance": 0.0}
+        for _, pass_kinds, flops, ops, rows in passes:
+            full = _TileCosts(hw, bm, bn, head_dim, dtype, ops, flops, rows, compute_only)
+            partial = _TileCosts(hw, bm, bn, head_dim, dtype, ops + mask_ops, flops, rows, compute_only)
+            n_full = (pass_kinds == FULL).sum(-1).astype(np.float64)
+            n_partial = (pass_kinds == PARTIAL).sum(-1).astype(np.float64)
+            program = 0.0 if compute_only else hw.efficiency["program_overhead_ns"] * 1e-9
+            per_row = n_full * full.total + n_partial * partial.total + program      # (H', rows)
+            map_heads = kinds.shape[0]  # this run's map: 1, or one per head
+            durations = _launch_order(per_row, batch, heads, map_heads)
+            makespan = schedule_programs(durations * hw.efficiency["programs_per_sm"], slots, placement)
+            total += makespan
+            work = lambda attr: float((n_full * getattr(full, attr) + n_partial * getattr(partial, attr)).sum())  # noqa: E731
+            scale = batch * heads / map_heads * hw.efficiency["programs_per_sm"] / slots
+            for name in ("mma", "elementwise", "memory"):
+                parts[name] += work(name) * scale
+            parts["overhead"] += (work("overhead") + program * per_row.size) * scale
+            parts["imbalance"] += float(makespan - durations.sum() * hw.efficiency["programs_per_sm"] / slots)
+        return total, parts
+
+    time, breakdown = run(block_map.kinds)
+    dense = np.full((1,) + block_map.kinds.shape[1:], FULL, dtype=np.int8)
+    dense_time, _ = run(dense)
+    visited = float((block_map.kinds != 0).sum()) * heads / block_map.kinds.shape[0]
+    flops_per_tile = (4.0 + (14.0 if backward else 0.0)) * bm * bn * head_dim
+    peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12
+    return SimResult(
+        pattern=_label(pattern), hardware=hw.key, seq=seq, seq_k=seq_k, batch=batch, heads=heads,
+        head_dim=head_dim, dtype=dtype, backward=backward, block=(bm, bn), time_ms=time * 1e3,
+        dense_time_ms=dense_time * 1e3, speedup=dense_time / time if time else float("inf"),
+        upper_bound=block_map.kinds.size / max(float((block_map.kinds != 0).sum()), 1.0),
+        utilization=visited * batch * flops_per_tile / (time * peak) if time else 0.0,
+        tile_density=block_map.tile_density, programs=int(block_map.kinds.shape[1] * batch * heads), slots=slots,
+        breakdown={k: v * 1e3 for k, v in breakdown.items()},
+    )
+
+
+def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -> np.ndarray:
+    """Program durations in launch order: tiles fastest, then heads, then batch."""
+    per_head = per_row if map_heads == heads else np.broadcast_to(per_row, (heads, per_row.shape[1]))
+    return np.tile(per_head.ravel(), batch)
+
+
+def _block_map(source, seq, seq_k, heads, block, inputs) -> BlockMap:
+    if isinstance(source, BlockMap):
+        return source
+    if seq is None:
+        raise AttnlangError("simulate needs seq= (the sequence length) for a pattern")
+    return source.analyze(seq, seq if seq_k is None else seq_k, heads, block, inputs)
+
+
+def _label(pattern: ir.PatternIR) -> str:
+    return f"{pattern.name}({', '.join(f'{k}={v!r}' for k, v in pattern.params)})"

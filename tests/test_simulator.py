@@ -1,0 +1,124 @@
+"""The speedup simulator: properties that hold for any calibration (no GPU needed)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import attnlang
+from attnlang import EMPTY, FULL
+from attnlang.simulator import HARDWARE, ir_cost, load_hardware, schedule_programs, simulate
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return attnlang.stdlib()
+
+
+def test_dense_speedup_is_exactly_one(lib):
+    dense = attnlang.parse("pattern dense() { mask true }")["dense"]
+    for backward in (False, True):
+        result = simulate(dense, seq=8192, heads=8, backward=backward)
+        assert result.speedup == 1.0 and result.upper_bound == 1.0
+
+
+def test_133_equal_programs_on_132_sms_take_two_waves():
+    assert schedule_programs(np.ones(132), 132) == 1.0
+    assert schedule_programs(np.ones(133), 132) == 2.0
+    assert schedule_programs(np.ones(133), 132, "fluid") == pytest.approx(133 / 132)
+
+
+def test_a_launch_on_133_tiles_shows_the_second_wave(lib):
+    """133 query tiles of one head on 132 SMs: the second wave costs a whole program."""
+    hw = load_hardware("h100")
+    pattern = lib["block_local"].bind(block=128)
+    short = simulate(pattern, seq=132 * 128, heads=1, hardware=hw, block=(128, 128))
+    long = simulate(pattern, seq=133 * 128, heads=1, hardware=hw, block=(128, 128))
+    assert long.time_ms == pytest.approx(2 * short.time_ms)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), fraction=st.floats(0.0, 0.9), backward=st.booleans(),
+       placement=st.sampled_from(["greedy", "longest-first", "fluid"]))
+def test_removing_tiles_never_increases_time(lib, seed, fraction, backward, placement):
+    base = lib["streaming"].bind(window=700, sinks=3).analyze(6000, heads=4, block=(128, 64))
+    rng = np.random.default_rng(seed)
+    kinds = base.kinds.copy()
+    kinds[(kinds != EMPTY) & (rng.random(kinds.shape) < fraction)] = EMPTY
+    fewer = attnlang.BlockMap(kinds, base.seq_q, base.seq_k, base.heads, base.block_q, base.block_k, base.pattern)
+    before = simulate(base, heads=4, backward=backward, placement=placement)
+    after = simulate(fewer, heads=4, backward=backward, placement=placement)
+    assert after.time_ms <= before.time_ms + 1e-12
+
+
+def test_causal_is_below_the_ideal_two_by_its_imbalance(lib):
+    result = simulate(lib["causal"], seq=65536, heads=16)
+    assert result.upper_bound == pytest.approx(2.0, rel=0.01)
+    assert result.speedup < result.upper_bound and result.breakdown["imbalance"] > 0
+    persistent = simulate(lib["causal"], seq=65536, heads=16, placement="longest-first")
+    assert persistent.time_ms <= result.time_ms
+
+
+@pytest.mark.parametrize("name", ["causal", "streaming", "dilated", "neighborhood2d", "duo"])
+def test_compute_only_with_partial_as_full_gives_the_tile_count_bound(lib, name):
+    result = simulate(lib[name], seq=16384, heads=4, compute_only=True, partial_as_full=True, placement="fluid")
+    assert result.speedup == pytest.approx(result.upper_bound, rel=1e-9)
+
+
+def test_mask_cost_makes_partial_tiles_dearer(lib):
+    strided = lib["strided"].bind(stride=64)
+    priced = simulate(strided, seq=16384)
+    as_full = simulate(strided, seq=16384, partial_as_full=True)
+    assert priced.time_ms > as_full.time_ms
+
+
+def test_ir_cost_weighs_operations_by_kind(lib):
+    assert ir_cost(lib["causal"].ir.mask) == 1
+    assert ir_cost(lib["dilated"].ir.mask) > ir_cost(lib["sliding_window"].ir.mask)  # % is dear
+    assert ir_cost(lib["softcap"].ir.logit) > ir_cost(lib["causal"].ir.logit) == 0
+
+
+def test_breakdown_sums_to_the_time(lib):
+    result = simulate(lib["sliding_window"].bind(window=2048), seq=32768, backward=True)
+    assert sum(result.breakdown.values()) == pytest.approx(result.time_ms, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", HARDWARE)
+def test_profiles_load_and_validate(name):
+    hw = load_hardware(name)
+    assert hw.sms > 0 and 0 < hw.efficiency["mma"] <= 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("sms = 132", ""), "missing 'sms'"),
+    (lambda text: text.replace("sms = 132", "sms = -4"), "sms must be a positive number"),
+    (lambda text: text.replace("mma = 0.70", "mma = 1.5"), "efficiency.mma must be at most 1"),
+    (lambda text: text.replace("memory = 0.80", ""), "missing efficiency.memory"),
+    (lambda text: text + "\\n[[[", "is not valid"),
+])
+def test_bad_profiles_are_clear_errors(tmp_path, edit, message):
+    from importlib import resources
+    text = resources.files("attnlang").joinpath("hardware", "h100.toml").read_text()
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(text))
+    with pytest.raises(attnlang.AttnlangError, match=message):
+        load_hardware(str(path))
+
+
+def test_unknown_hardware_suggests_a_name():
+    with pytest.raises(attnlang.AttnlangError, match="did you mean 'h100'"):
+        load_hardware("h10")
+
+
+def test_simulate_cli_prints_a_table_and_plots(tmp_path, capsys):
+    from attnlang.cli import main
+    plot = tmp_path / "speedup.png"
+    assert main(["simulate", "stdlib", "causal,streaming", "--seq", "4096,16384", "--hw", "h200",
+                 "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "NVIDIA H200" in out and "streaming(window=1024, sinks=4)" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert main(["simulate", "stdlib", "causal", "--seq", "4096", "--json", "--backward"]) == 0
+    import json
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["backward"] and {"time_ms", "dense_time_ms", "speedup", "upper_bound", "utilization",
+                                    "breakdown"} <= set(rows[0])
