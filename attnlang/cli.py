@@ -57,7 +57,12 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("pattern", metavar="PATTERN")
     compile_.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE")
-    compile_.add_argument("--block", type=int, default=64, metavar="B", help="tile side (a power of two >= 16)")
+    compile_.add_argument("--block", default="64", metavar="B",
+                          help="tile side (a power of two >= 16), BM,BN, or 'auto' (chosen by the simulator)")
+    compile_.add_argument("--hw", default="h100", help="hardware for --block auto")
+    compile_.add_argument("--heads", type=int, default=16, help="heads for --block auto")
+    compile_.add_argument("--head-dim", type=int, default=128, help="head dim for --block auto")
+    compile_.add_argument("--tune-seq", type=int, default=16384, help="length for --block auto")
     compile_.add_argument("-o", "--output", required=True, metavar="kernel.py")
     compile_.set_defaults(run=_run_compile)
 
@@ -77,6 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--json", action="store_true")
     simulate.add_argument("--plot", metavar="FILE", help="speedup against length, as a PNG")
     simulate.set_defaults(run=_run_simulate)
+
+    calibrate = commands.add_parser("calibrate", help="fit the simulator to this GPU (needs CUDA)")
+    calibrate.add_argument("--hw", default="h100", help="the profile to start from")
+    calibrate.add_argument("--out", required=True, metavar="profile.json")
+    calibrate.set_defaults(run=_run_calibrate)
 
     analyze = commands.add_parser("analyze", help="block sparsity, density and complexity of a pattern")
     _add_pattern_arguments(analyze)
@@ -176,7 +186,14 @@ def _run_compile(args) -> int:
     from codegen.template import standalone_source
     if pattern.is_routed:
         raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
-    block = _tile_shape(args.block)
+    if args.block == "auto":
+        from .simulator import choose_block
+        choice = choose_block(pattern, args.tune_seq, args.heads, args.head_dim, "bf16", args.hw)
+        print(choice.reason)
+        block = choice.block
+    else:
+        block = _tile_shape(tuple(_int_list("--block", args.block)) if "," in args.block
+                            else int(_int_list("--block", args.block)[0]))
     tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
     Path(args.output).write_text(standalone_source(pattern.ir, block, tag))
     print(f"wrote {args.output}: {pattern.label}, tiles {block[0]} x {block[1]}; "
@@ -221,6 +238,13 @@ def _run_simulate(args) -> int:
         plot_speedups(series, args.plot, hardware.key, args.backward)
         if not args.json:
             print(f"wrote {args.plot}")
+    return 0
+
+
+def _run_calibrate(args) -> int:
+    from .calibrate import calibrate
+    fitted, error = calibrate(args.hw, args.out)
+    print(f"wrote {args.out}: efficiency {fitted.efficiency}, RMS log error {error:.3f}")
     return 0
 
 

@@ -163,21 +163,33 @@ class Pattern:
         return Complexity(self.label, "fitted", label, exponent=exponent, fitted_lengths=tuple(fit_lengths),
                           reason=reason)
 
-    def compile(self, heads: int, head_dim: int, heads_kv: int | None = None, dtype=None, block=64):
+    def compile(self, heads: int, head_dim: int, heads_kv: int | None = None, dtype=None, block=64,
+                *, tune_seq: int = 16384, hardware="h100"):
         """A fused Triton kernel (forward and backward) for this pattern: an `AttentionKernel`.
 
         `kernel(q, k, v, inputs=None, scale=None, return_lse=False)`; its block tables are
         built for each length on first use. Kernels are cached by IR and specialization;
-        `kernel.source` is the generated Triton code.
+        `kernel.source` is the generated Triton code. `block="auto"` picks the tile shape
+        with the lowest simulated time at `tune_seq` on `hardware`; `kernel.block_choice`
+        says why.
         """
         import torch
 
         from codegen.runtime import AttentionKernel
         dtype = torch.float32 if dtype is None else dtype
+        choice = None
+        if block == "auto":
+            from .simulator import choose_block
+            names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+            choice = choose_block(self, tune_seq, heads, head_dim, names.get(dtype, "bf16"), hardware)
+            block = choice.block
         key = (self.ir, heads, head_dim, heads_kv, dtype, block if isinstance(block, int) else tuple(block))
         if key not in _KERNELS:
             _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block)
-        return _KERNELS[key]
+        kernel = _KERNELS[key]
+        if choice is not None:
+            kernel.block_choice = choice
+        return kernel
 
     def flex_mods(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None,
                   inputs=None):

@@ -288,3 +288,51 @@ def _block_map(source, seq, seq_k, heads, block, inputs) -> BlockMap:
 
 def _label(pattern: ir.PatternIR) -> str:
     return f"{pattern.name}({', '.join(f'{k}={v!r}' for k, v in pattern.params)})"
+
+
+BLOCK_CANDIDATES = ((128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 32))
+PIPELINE_STAGES = 2  # K/V tiles in flight per program
+
+
+def fits(hw: Hardware, block: tuple[int, int], head_dim: int, dtype: str) -> bool:
+    """Whether a program's Q tile and its pipelined K/V tiles fit in one SM's shared memory."""
+    bm, bn = block
+    head_dim = 1 << max(head_dim - 1, 15).bit_length()  # padded to a power of two, at least 16
+    needed = (bm + 2 * bn * PIPELINE_STAGES) * head_dim * DTYPE_BYTES[dtype]
+    return needed <= hw.smem_kib_per_sm * 1024
+
+
+@dataclass
+class BlockChoice:
+    """The tile shape `block="auto"` picked, and the simulated times that decided it."""
+
+    block: tuple[int, int]
+    hardware: str
+    seq: int
+    times_ms: dict  # candidate -> simulated ms (None: does not fit in shared memory)
+
+    @property
+    def reason(self) -> str:
+        ranked = sorted((t, b) for b, t in self.times_ms.items() if t is not None)
+        others = ", ".join(f"{b[0]}x{b[1]} {t:.3f} ms" for t, b in ranked[1:4])
+        skipped = [f"{b[0]}x{b[1]}" for b, t in self.times_ms.items() if t is None]
+        text = (f"block {self.block[0]}x{self.block[1]}: {ranked[0][0]:.3f} ms simulated at N={self.seq} on "
+                f"{self.hardware} (next: {others})")
+        return text + (f"; {', '.join(skipped)} exceed shared memory" if skipped else "")
+
+
+def choose_block(pattern, seq: int = 16384, heads: int = 16, head_dim: int = 128, dtype: str = "bf16",
+                 hardware="h100", inputs=None, candidates=BLOCK_CANDIDATES) -> BlockChoice:
+    """The tile shape with the lowest simulated forward + backward time at this length."""
+    hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
+    times = {}
+    for block in candidates:
+        if not fits(hw, block, head_dim, dtype):
+            times[block] = None
+            continue
+        times[block] = simulate(pattern, seq=seq, heads=heads, head_dim=head_dim, dtype=dtype, hardware=hw,
+                                backward=True, block=block, inputs=inputs).time_ms
+    feasible = {b: t for b, t in times.items() if t is not None}
+    if not feasible:
+        raise AttnlangError(f"no tile shape fits in {hw.name}'s shared memory at head_dim {head_dim}")
+    return BlockChoice(min(feasible, key=feasible.get), hw.key, seq, times)

@@ -121,6 +121,7 @@ class AttentionKernel:
         self.source = generate_source(pattern.ir, tag)
         self._tag = tag
         self._tables: dict = {}
+        self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
 
     def standalone_source(self) -> str:
         """This kernel as a module that needs only torch and triton (`attnlang compile -o`)."""

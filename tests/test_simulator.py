@@ -122,3 +122,46 @@ def test_simulate_cli_prints_a_table_and_plots(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["backward"] and {"time_ms", "dense_time_ms", "speedup", "upper_bound", "utilization",
                                     "breakdown"} <= set(rows[0])
+
+
+def test_block_auto_picks_the_fastest_simulated_tile_shape(lib):
+    from attnlang.simulator import choose_block
+    choice = choose_block(lib["sliding_window"], seq=8192, heads=8)
+    fastest = min((t, b) for b, t in choice.times_ms.items() if t is not None)[1]
+    assert choice.block == fastest and "simulated at N=8192 on h100" in choice.reason
+    import torch
+    kernel = lib["sliding_window"].compile(heads=8, head_dim=128, dtype=torch.bfloat16, block="auto", tune_seq=8192)
+    assert (kernel.block_m, kernel.block_n) == choice.block and kernel.block_choice.reason == choice.reason
+
+
+def test_block_auto_skips_shapes_that_do_not_fit_in_shared_memory(lib):
+    from attnlang.simulator import choose_block
+    choice = choose_block(lib["causal"], seq=4096, head_dim=256, hardware="l40s")
+    assert choice.times_ms[(128, 128)] is None and "exceed shared memory" in choice.reason
+
+
+def test_calibration_recovers_known_efficiencies(lib):
+    """Synthetic 'measurements' made by the model with known parameters are fitted back."""
+    import dataclasses
+    from attnlang.calibrate import Measurement, fit_efficiency
+    hw = load_hardware("h100")
+    truth = dataclasses.replace(hw, efficiency={**hw.efficiency, "mma": 0.55, "memory": 0.6, "tile_overhead_ns": 200})
+    dense = attnlang.parse("pattern dense() { mask true }")["dense"]
+    measurements = [Measurement(p, n, backward, simulate(p, seq=n, hardware=truth, backward=backward).time_ms)
+                    for p in (dense, lib["causal"], lib["sliding_window"].bind(window=1024))
+                    for n in (2048, 8192) for backward in (False, True)]
+    fitted, error = fit_efficiency(hw, measurements)
+    assert error < 0.02
+    # MMA and memory efficiency trade off in the model, so check predictions, not parameters:
+    # a held-out length is predicted within 3%
+    for pattern in (dense, lib["causal"]):
+        predicted = simulate(pattern, seq=4096, hardware=fitted, backward=True).time_ms
+        actual = simulate(pattern, seq=4096, hardware=truth, backward=True).time_ms
+        assert abs(predicted / actual - 1) < 0.03
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_calibrate_without_a_gpu_says_so(tmp_path, capsys):
+    from attnlang.cli import main
+    assert main(["calibrate", "--hw", "h100", "--out", str(tmp_path / "p.json")]) == 2
+    assert "calibration times kernels on a CUDA GPU, and none is available here" in capsys.readouterr().err
