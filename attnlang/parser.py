@@ -59,7 +59,7 @@ def parse_source(source: Source) -> ast.Module:
         raise _character_error(source, err) from None
     except lark.exceptions.UnexpectedToken as err:
         raise _token_error(source, err) from None
-    except lark.exceptions.UnexpectedEOF as err:  # pragma: no cover - LALR reports $END tokens
+    except lark.exceptions.UnexpectedEOF:  # pragma: no cover - LALR reports $END tokens
         raise AttnlangError("unexpected end of file", _end_span(source)) from None
     try:
         return _ToAst(source).transform(tree)

@@ -6,7 +6,6 @@ so when it is missing.
 
 from __future__ import annotations
 
-import numpy as np
 
 from .errors import AttnlangError
 from .reference import EMPTY, FULL, PARTIAL

@@ -12,7 +12,6 @@ benchmarks/results/kernels.json with the device, versions and commit.
 """
 
 import argparse
-import math
 import os
 import sys
 import time

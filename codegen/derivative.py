@@ -89,7 +89,6 @@ class Differentiator(ir.Visitor):
             return ZERO
         x = node.args[0]
         dx = self.visit(x)
-        call = lambda name, *args: ir.Call(name, tuple(args), Type.FLOAT)  # noqa: E731
         if node.func == "abs":
             sign = ir.Select(ir.Binary("<", x, ZERO, Type.BOOL), ir.Const(-1.0, Type.FLOAT), ONE, Type.FLOAT)
             return _f("*", sign, dx)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlang.analysis import mask_depends_on_head
 from attnlang.errors import AttnlangError
 
-from .template import generate_source, standalone_source
+from .template import standalone_source
 
-__all__ = ["AttentionKernel", "cache_dir"]
+__all__ = ["AttentionKernel", "cache_dir", "load_module"]
 
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _MODULES: dict[tuple[str, bool], object] = {}
@@ -97,7 +95,9 @@ class AttentionKernel:
     """A compiled attention pattern: `kernel(q, k, v, inputs=None, scale=None, return_lse=False)`.
 
     q: (B, heads, N_q, head_dim); k, v: (B, heads_kv, N_k, head_dim), all of `dtype`. The
-    result is differentiable (fused backward kernels, deterministic).
+    result is differentiable (fused backward kernels, deterministic). It runs the very module
+    `attnlang compile` writes, handing it the analysis' block tables instead of letting the
+    module classify tiles on the device.
     """
 
     def __init__(self, pattern, heads: int, head_dim: int, heads_kv: int | None = None,
@@ -118,14 +118,14 @@ class AttentionKernel:
         self.heads, self.heads_kv, self.head_dim, self.dtype = heads, heads_kv, head_dim, dtype
         self.block_m, self.block_n = _tile_shape(block)
         tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
-        self.source = generate_source(pattern.ir, tag)
-        self._tag = tag
+        # the module that runs: kernels, device-side tile classifier, autograd and launcher
+        self.source = standalone_source(pattern.ir, (self.block_m, self.block_n), tag)
         self._tables: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
 
     def standalone_source(self) -> str:
         """This kernel as a module that needs only torch and triton (`attnlang compile -o`)."""
-        return standalone_source(self.pattern.ir, (self.block_m, self.block_n), self._tag)
+        return self.source
 
     def __repr__(self) -> str:
         return (f"<AttentionKernel {self.pattern.label} heads={self.heads} heads_kv={self.heads_kv} "
@@ -158,11 +158,13 @@ class AttentionKernel:
         self._check(q, k, v)
         batch, _, seq_q, _ = q.shape
         seq_k = k.shape[2]
-        checked = self.pattern.ir and _checked_inputs(self.pattern, inputs, max(seq_q, seq_k), q.device)
+        _checked_inputs(self.pattern, inputs, max(seq_q, seq_k))
         tables = self.tables(seq_q, seq_k, inputs, batch, q.device)
-        scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
-        out, lse = _Attention.apply(q, k, v, self, tables, checked, scale)
-        return (out, lse) if return_lse else out
+        # the same module `attnlang compile` writes, given the analysis' tables
+        module = load_module(self.source, self.pattern.slug, interpret=q.device.type != "cuda")
+        return module.attention(q, k, v, inputs={k: torch.as_tensor(_numpy(v)) for k, v in (inputs or {}).items()},
+                                scale=scale, return_lse=return_lse, block_m=self.block_m, block_n=self.block_n,
+                                tables=tables)
 
     def _check(self, q, k, v):
         for name, t in (("q", q), ("k", k), ("v", v)):
@@ -177,82 +179,6 @@ class AttentionKernel:
             raise AttnlangError(f"k and v must both be {expected}, got {tuple(k.shape)} and {tuple(v.shape)}")
         if not (q.device == k.device == v.device):
             raise AttnlangError("q, k and v must be on the same device")
-
-    def _module(self, device):
-        return load_module(self.source, self.pattern.slug, interpret=device.type != "cuda")
-
-    def _launch(self, device, kernel: str, grid, *args, **meta):
-        # Triton also consults the interpreter setting while launching (lazy imports)
-        with _interpreter(device.type != "cuda"):
-            getattr(self._module(device), kernel)[grid](*args, **meta)
-
-    def _launch_arguments(self, tables, inputs, direction):
-        (full_num, full_idx), (part_num, part_idx) = tables[direction]
-        args = [full_num, full_idx, full_idx.shape[-1], part_num, part_idx, part_idx.shape[-1]]
-        for name in self.pattern.inputs:
-            tensor = inputs[name]
-            args += [tensor, tensor.shape[-1] if tensor.shape[0] > 1 else 0, tensor.shape[-1]]
-        return args
-
-    def _meta(self, tables):
-        return dict(HEADS=self.heads, GROUP=self.heads // self.heads_kv, MAP_HEADS=tables["map_heads"],
-                    MAP_BATCH=tables["map_batch"], HEAD_DIM=self.head_dim,
-                    HEAD_DIM_P=max(16, triton_next_power_of_2(self.head_dim)),
-                    BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-                    PRECISION="ieee" if self.dtype == torch.float32 else "tf32")
-
-    def forward(self, q, k, v, tables, inputs, scale):
-        batch, heads, seq_q, _ = q.shape
-        seq_k = k.shape[2]
-        out = torch.empty_like(q)
-        lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
-        grid = (-(-seq_q // self.block_m), batch * heads)
-        self._launch(q.device, "attention_forward", grid,
-                     q, k, v, out, lse, *self._launch_arguments(tables, inputs, "forward"), scale, seq_q, seq_k,
-                     *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **self._meta(tables))
-        return out, lse
-
-    def backward(self, q, k, v, out, lse, dout, dlse, tables, inputs, scale):
-        batch, heads, seq_q, _ = q.shape
-        seq_k = k.shape[2]
-        dout = dout.contiguous()
-        # dS = P (dP - delta); a gradient on the LSE adds P dLSE, i.e. lowers delta by it
-        delta = (dout.float() * out.float()).sum(-1)
-        if dlse is not None:
-            delta = delta - dlse.float()
-        delta = delta.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        meta = self._meta(tables)
-        self._launch(q.device, "attention_backward_kv", (-(-seq_k // self.block_n), batch * self.heads_kv),
-                     q, k, v, dout, lse, delta, dk, dv, *self._launch_arguments(tables, inputs, "backward"),
-                     scale, seq_q, seq_k, *strides, HEADS_KV=self.heads_kv, **meta)
-        self._launch(q.device, "attention_backward_q", (-(-seq_q // self.block_m), batch * heads),
-                     q, k, v, dout, lse, delta, dq, *self._launch_arguments(tables, inputs, "forward"),
-                     scale, seq_q, seq_k, *strides, **meta)
-        return dq, dk, dv
-
-
-class _Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, kernel, tables, inputs, scale):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out, lse = kernel.forward(q, k, v, tables, inputs, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.kernel, ctx.tables, ctx.inputs, ctx.scale = kernel, tables, inputs, scale
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(out)
-        dq, dk, dv = ctx.kernel.backward(q, k, v, out, lse, dout, dlse, ctx.tables, ctx.inputs, ctx.scale)
-        return dq, dk, dv, None, None, None, None
-
-
-def triton_next_power_of_2(value: int) -> int:
-    return 1 << (value - 1).bit_length()
 
 
 def _numpy(value):
@@ -269,16 +195,10 @@ def _inputs_key(inputs) -> str:
     return digest.hexdigest()
 
 
-def _checked_inputs(pattern, inputs, length: int, device) -> dict:
-    """Each declared input as an int64 (rows, tokens) device tensor (rows: 1 or batch)."""
+def _checked_inputs(pattern, inputs, length: int) -> None:
+    """Clear errors for missing, unknown, short or non-integer inputs (per-batch rows too)."""
     from attnlang.reference import check_inputs
     check_inputs(pattern.ir, {k: _numpy(v) for k, v in (inputs or {}).items()}, length)
-    tensors = {}
-    for name in pattern.inputs:
-        array = _numpy(inputs[name]).astype(np.int64)
-        array = array[None] if array.ndim == 1 else array
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    return tensors
 
 
 def _stack(tables, device):

@@ -370,11 +370,12 @@ def _table_arguments(tables, direction):
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, inputs, scale, block_m, block_n):
+    def forward(ctx, q, k, v, inputs, scale, block_m, block_n, tables):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         batch, heads, seq_q, head_dim = q.shape
         heads_kv, seq_k = k.shape[1], k.shape[2]
-        tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n)
+        if tables is None:
+            tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n)
         meta = _meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
         out = torch.empty_like(q)
         lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
@@ -405,12 +406,14 @@ class _Attention(torch.autograd.Function):
         attention_backward_q[(triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)](
             q, k, v, dout, lse, delta, dq, *_table_arguments(ctx.tables, "forward"), *inputs, ctx.scale,
             seq_q, seq_k, *strides, **meta)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
-def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK_M_DEFAULT, block_n=BLOCK_N_DEFAULT):
+def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK_M_DEFAULT, block_n=BLOCK_N_DEFAULT,
+              tables=None):
     """PATTERN_LABEL attention. q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D); inputs: name -> int tensor
-    of one entry per token ((tokens,) or (B, tokens)). Differentiable."""
+    of one entry per token ((tokens,) or (B, tokens)). Differentiable. `tables` (as returned by
+    block_tables) skips building them on the device, e.g. when a compiler's analysis has them."""
     inputs = dict(inputs or {})
     missing = [name for name in INPUT_NAMES if name not in inputs]
     if missing:
@@ -418,7 +421,7 @@ def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK_
     inputs = {name: (t if t.dim() == 2 else t[None]).to(device=q.device, dtype=torch.int64).contiguous()
               for name, t in ((n, torch.as_tensor(inputs[n])) for n in INPUT_NAMES)}
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, lse = _Attention.apply(q, k, v, inputs, scale, block_m, block_n)
+    out, lse = _Attention.apply(q, k, v, inputs, scale, block_m, block_n, tables)
     return (out, lse) if return_lse else out
 '''
 

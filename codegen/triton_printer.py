@@ -9,7 +9,7 @@ q·k tile. Integers are int64 (no silent wrap-around); floats are float32. Trito
 from __future__ import annotations
 
 from attnlang import ir
-from attnlang.export import _ATOM, _POWER, _PRODUCT, _UNARY, TorchPrinter, shared_subexpressions
+from attnlang.export import _ATOM, _PRODUCT, _UNARY, TorchPrinter, shared_subexpressions
 from attnlang.ir import Type
 
 __all__ = ["TritonPrinter", "jit_function"]

@@ -8,7 +8,6 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import attnlang
 from attnlang import EMPTY, FULL, PARTIAL
-from attnlang.analysis import analyze_blocks
 from attnlang.printer import print_pattern
 from attnlang.reference import classify_tiles
 

@@ -1,6 +1,5 @@
 """Closed forms against exact counts; fitted exponents are labelled as fitted."""
 
-import numpy as np
 import pytest
 import sympy as sp
 

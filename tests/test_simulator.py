@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import attnlang
-from attnlang import EMPTY, FULL
+from attnlang import EMPTY
 from attnlang.simulator import HARDWARE, ir_cost, load_hardware, schedule_programs, simulate
 
 
