@@ -143,11 +143,16 @@ def _unknown_number() -> Interval:
 
 
 def _hull(*corners):
-    with np.errstate(invalid="ignore"):
-        stacked = np.stack(np.broadcast_arrays(*corners))
-    nan = np.isnan(stacked).any(axis=0)
-    lo = np.where(nan, -INF, np.nanmin(np.where(np.isnan(stacked), INF, stacked), axis=0))
-    hi = np.where(nan, INF, np.nanmax(np.where(np.isnan(stacked), -INF, stacked), axis=0))
+    """The interval spanning the corner values; a NaN corner (inf - inf, 0 * inf) makes it
+    unbounded and possibly NaN."""
+    lo, hi = corners[0], corners[0]
+    for corner in corners[1:]:
+        lo, hi = np.fmin(lo, corner), np.fmax(hi, corner)
+    nan = np.isnan(corners[0])
+    for corner in corners[1:]:
+        nan = nan | np.isnan(corner)
+    if np.any(nan):
+        lo, hi = np.where(nan, -INF, lo), np.where(nan, INF, hi)
     return Interval(lo, hi, nan)
 
 
@@ -241,12 +246,12 @@ class IntervalEvaluator(ir.Visitor):
             return _bool(must_eq, may_eq)
         return _bool(~may_eq, ~must_eq)
 
-    # inf - inf in a bound gives NaN; _hull turns such a bound into an unbounded one.
+    # inf - inf in a bound gives NaN: such a bound becomes unbounded (and possibly NaN)
     def _add(self, a, b, node):
-        return _with_nan(_hull(a.lo + b.lo, a.hi + b.hi), a, b)
+        return _with_nan(_bounds(a.lo + b.lo, a.hi + b.hi), a, b)
 
     def _sub(self, a, b, node):
-        return _with_nan(_hull(a.lo - b.hi, a.hi - b.lo), a, b)
+        return _with_nan(_bounds(a.lo - b.hi, a.hi - b.lo), a, b)
 
     def _mul(self, a, b, node):
         return _with_nan(_hull(a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi), a, b)
@@ -347,6 +352,13 @@ class IntervalEvaluator(ir.Visitor):
             exact = np.asarray(hash_ints(*values), dtype=np.float64)
             lo[points] = hi[points] = exact
         return Interval(lo, hi)
+
+
+def _bounds(lo, hi) -> Interval:
+    bad = np.isnan(lo) | np.isnan(hi)
+    if np.any(bad):
+        return Interval(np.where(bad, -INF, lo), np.where(bad, INF, hi), bad)
+    return Interval(lo, hi)
 
 
 def _or(a, b):
