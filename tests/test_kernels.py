@@ -191,3 +191,16 @@ def test_standalone_module_fills_its_tables_on_the_device(tmp_path):
         for row in range(5):
             n = counts[0, h, row]
             assert indices[0, h, row, :n].tolist() == block_map.full_kv_indices[h, row, :n].tolist()
+
+
+def test_cpu_tensors_without_the_interpreter_get_a_clear_error():
+    import os
+    import subprocess
+    import sys
+    script = ("import triton, torch, attnlang\n"
+              "k = attnlang.stdlib()['causal'].compile(heads=1, head_dim=16, block=16)\n"
+              "q = torch.randn(1, 1, 16, 16)\n"
+              "try:\n    k(q, q, q)\nexcept attnlang.AttnlangError as err:\n    print(err)\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "set TRITON_INTERPRET=1 in the environment" in result.stdout, result.stderr[-2000:]
