@@ -158,7 +158,7 @@ class _Analyzer:
     def _refine(self, tiles: _TileBoxes) -> np.ndarray:
         """Kinds of single tiles that interval bounds on the whole tile left undecided."""
         boxes = self._token_boxes(tiles)
-        has_true, has_false, all_true, all_false = self._subdivide(boxes)
+        has_true, has_false, all_true, all_false = self._subdivide(boxes, deep_needs_true=True)
         kinds = np.full(len(tiles), UNKNOWN, dtype=np.int8)
         kinds[all_true] = FULL
         kinds[all_false] = EMPTY
@@ -172,12 +172,22 @@ class _Analyzer:
             kinds[rest[proven]] = PARTIAL
             self.stats["sampling"] += int(proven.sum())
             rest = rest[~proven]
+        if len(rest):  # what witnesses missed: refine every undecided sub-block deeper
+            part = _select_boxes(boxes, rest)
+            deep_true, deep_false, deep_all_true, deep_all_false = self._subdivide(part)
+            decided = np.full(len(rest), UNKNOWN, dtype=np.int8)
+            decided[deep_all_true] = FULL
+            decided[deep_all_false] = EMPTY
+            decided[(decided == UNKNOWN) & deep_true & deep_false] = PARTIAL
+            kinds[rest] = decided
+            self.stats["reasoning"] += int((decided != UNKNOWN).sum())
+            rest = rest[decided == UNKNOWN]
         if len(rest):
             kinds[rest] = self._evaluate_tiles(_select_boxes(boxes, rest))
             self.stats["exact"] += len(rest)
         return kinds
 
-    def _subdivide(self, boxes: Boxes):
+    def _subdivide(self, boxes: Boxes, deep_needs_true: bool = False):
         """Interval bounds on sub-blocks: SUBDIVISIONS x SUBDIVISIONS per tile, then again
         inside still-undecided sub-blocks (SUBDIVISION_LEVELS in all). A FULL and an EMPTY
         sub-block prove a tile PARTIAL; all sub-blocks of the first level FULL (EMPTY)
@@ -202,7 +212,12 @@ class _Analyzer:
             open_count = np.bincount(sub_owner[verdict == UNKNOWN], minlength=n)
             thin = 4 * open_count <= 3 * np.bincount(sub_owner, minlength=n)
             larger = (sub.q_hi > sub.q_lo) | (sub.k_hi > sub.k_lo)
-            keep = (verdict == UNKNOWN) & (undecided & thin)[sub_owner] & larger
+            # With deep_needs_true, go deeper only where a FULL sub-block exists: a missing
+            # EMPTY region (a window's edge clipping the tile) shows up in smaller sub-blocks,
+            # while a missing allowed region is often one diagonal (strides, dilation) that
+            # no sub-block isolates and a witness point finds at once.
+            deep = undecided & thin & (has_true if deep_needs_true else True)
+            keep = (verdict == UNKNOWN) & deep[sub_owner] & larger
             owner, current = sub_owner[keep], _select_boxes(sub, keep)
             if not len(owner):
                 break

@@ -226,9 +226,11 @@ def test_how_tiles_are_decided(lib):
             continue
         inputs = {"doc": np.minimum(np.arange(seq) * 40 // seq, 39)} if pattern.inputs else None
         stats = pattern.analyze(seq, heads=heads, inputs=inputs).stats
-        if pattern.name in ("causal", "sliding_window", "streaming", "prefix_lm", "block_local", "document",
-                            "radial", "sliding_tile", "duo", "cross_causal", "alibi"):
+        if pattern.name in ("causal", "sliding_window", "prefix_lm", "block_local", "radial", "sliding_tile", "duo",
+                            "cross_causal", "alibi"):
             assert stats["sampling"] == stats["exact"] == 0, pattern.name
+        if pattern.name in ("streaming", "document"):  # sink columns and document edges: a few witnesses
+            assert stats["exact"] == 0 and stats["sampling"] < 0.03 * sum(stats.values()), pattern.name
         if not pattern.name.startswith("swin"):
             assert stats["exact"] == 0, pattern.name
         assert stats["exact"] <= 0.02 * sum(stats.values()), pattern.name
