@@ -56,6 +56,14 @@ def _tanh(x):
 
 
 @triton.jit
+def _load_rows(base, offs, length, stride, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr):
+    """Rows `offs` of a (tokens, head_dim) matrix; rows past `length` and padded columns read 0."""
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    mask = (offs < length)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    return tl.load(base + offs[:, None] * stride + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _hash_step(h, a):
     """One round of attnlang's hash: MurmurHash3's fmix32 of h XOR a, in 32 bits."""
     x = (h ^ (a & 0xFFFFFFFF)) & 0xFFFFFFFF
@@ -74,11 +82,9 @@ def _forward_tile(acc, l_i, m_i, q, K, V, start_n, q_pos, off_b, off_h, N_Q, N_K
                   PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
     # -- load the key/value tile --
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM_P)
     k_pos = offs_n[None, :].to(tl.int64)
-    kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _load_rows(K, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P)
+    v = _load_rows(V, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P)
     # -- compute the logits --
     score = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
     logit = _logit(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS)
@@ -112,8 +118,7 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
     offs_d = tl.arange(0, HEAD_DIM_P)
     q_pos = offs_m[:, None].to(tl.int64)
     q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=q_mask, other=0.0)
+    q = _load_rows(Q + off_b * stride_qb + off_h * stride_qh, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P)
     K_head = K + off_b * stride_kb + off_kvh * stride_kh
     V_head = V + off_b * stride_vb + off_kvh * stride_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -176,10 +181,8 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
     offs_d = tl.arange(0, HEAD_DIM_P)
     k_pos = offs_n[None, :].to(tl.int64)
     kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    k = tl.load(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    k = _load_rows(K + off_b * stride_kb + off_kvh * stride_kh, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P)
+    v = _load_rows(V + off_b * stride_vb + off_kvh * stride_vh, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P)
     dk = tl.zeros([BLOCK_N, HEAD_DIM_P], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM_P], tl.float32)
     for g in range(GROUP):
@@ -194,10 +197,9 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
                     start_m = tl.load(PART_IDX + row * part_width + i) * BLOCK_M
                 offs_m = start_m + tl.arange(0, BLOCK_M)
                 q_pos = offs_m[:, None].to(tl.int64)
-                q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-                head = off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-                q = tl.load(Q + head, mask=q_mask, other=0.0)
-                do = tl.load(DO + head, mask=q_mask, other=0.0)
+                head = off_b * stride_qb + off_h * stride_qh
+                q = _load_rows(Q + head, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P)
+                do = _load_rows(DO + head, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P)
                 rows = (off_b * HEADS + off_h) * N_Q + offs_m
                 lse = tl.load(Lse + rows, mask=offs_m < N_Q, other=float("-inf"))
                 delta = tl.load(Delta + rows, mask=offs_m < N_Q, other=0.0)
@@ -231,9 +233,9 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
     offs_d = tl.arange(0, HEAD_DIM_P)
     q_pos = offs_m[:, None].to(tl.int64)
     q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    head = off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    q = tl.load(Q + head, mask=q_mask, other=0.0)
-    do = tl.load(DO + head, mask=q_mask, other=0.0)
+    head = off_b * stride_qb + off_h * stride_qh
+    q = _load_rows(Q + head, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P)
+    do = _load_rows(DO + head, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P)
     rows = (off_b * HEADS + off_h) * N_Q + offs_m
     lse = tl.load(Lse + rows, mask=offs_m < N_Q, other=float("-inf"))
     delta = tl.load(Delta + rows, mask=offs_m < N_Q, other=0.0)
@@ -248,11 +250,8 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
                 start_n = tl.load(PART_IDX + row * part_width + i) * BLOCK_N
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k_pos = offs_n[None, :].to(tl.int64)
-            kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
-            k = tl.load(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            v = tl.load(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
+            k = _load_rows(K + off_b * stride_kb + off_kvh * stride_kh, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P)
+            v = _load_rows(V + off_b * stride_vb + off_kvh * stride_vh, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P)
             if stage == 0:
                 p, ds = _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale,
                                        INPUT_ARGS HEADS, False, PRECISION)
@@ -260,7 +259,8 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
                 p, ds = _backward_tile(q, do, lse, delta, k, v, q_pos, k_pos, off_b, off_h, N_Q, N_K, sm_scale,
                                        INPUT_ARGS HEADS, True, PRECISION)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    tl.store(DQ + head, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+    tl.store(DQ + head + offs_m[:, None] * stride_qm + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=q_mask)
 '''
 
 
