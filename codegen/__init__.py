@@ -1,5 +1,9 @@
-"""Triton code generation and runtime for attnlang patterns.
+"""Triton code generation for attnlang patterns.
 
-Consumes `attnlang.ir.PatternIR` and the analysis' block map; holds nothing yet that
-the language stages depend on.
+    triton_printer   IR -> Triton expressions (one method per IR node)
+    derivative       d logit / d score, for the backward pass
+    template         the kernel template (forward, dK/dV, dQ) and the standalone module
+    runtime          AttentionKernel: block tables on the device, autograd, caches
+
+`Pattern.compile` is the entry point; `attnlang compile -o` writes the standalone module.
 """
