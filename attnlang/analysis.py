@@ -159,10 +159,7 @@ class _Analyzer:
         """Kinds of single tiles that interval bounds on the whole tile left undecided."""
         boxes = self._token_boxes(tiles)
         has_true, has_false, all_true, all_false = self._subdivide(boxes, deep_needs_true=True)
-        kinds = np.full(len(tiles), UNKNOWN, dtype=np.int8)
-        kinds[all_true] = FULL
-        kinds[all_false] = EMPTY
-        kinds[(kinds == UNKNOWN) & has_true & has_false] = PARTIAL
+        kinds = _kinds_from_evidence(has_true, has_false, all_true, all_false)
         self.stats["reasoning"] += int((kinds != UNKNOWN).sum())
 
         rest = np.flatnonzero(kinds == UNKNOWN)
@@ -173,12 +170,7 @@ class _Analyzer:
             self.stats["sampling"] += int(proven.sum())
             rest = rest[~proven]
         if len(rest):  # what witnesses missed: refine every undecided sub-block deeper
-            part = _select_boxes(boxes, rest)
-            deep_true, deep_false, deep_all_true, deep_all_false = self._subdivide(part)
-            decided = np.full(len(rest), UNKNOWN, dtype=np.int8)
-            decided[deep_all_true] = FULL
-            decided[deep_all_false] = EMPTY
-            decided[(decided == UNKNOWN) & deep_true & deep_false] = PARTIAL
+            decided = _kinds_from_evidence(*self._subdivide(_select_boxes(boxes, rest)))
             kinds[rest] = decided
             self.stats["reasoning"] += int((decided != UNKNOWN).sum())
             rest = rest[decided == UNKNOWN]
@@ -261,6 +253,15 @@ def exact_mask(pattern: ir.PatternIR, q, k, h, seq_q, seq_k, heads, inputs, batc
            "n_k": np.int64(seq_k), "heads": np.int64(heads)}
     value = Evaluator(env, inputs).visit(pattern.mask)
     return np.broadcast_to(value, np.broadcast_shapes(np.shape(q), np.shape(k), np.shape(h)))
+
+
+def _kinds_from_evidence(has_true, has_false, all_true, all_false) -> np.ndarray:
+    """FULL / EMPTY where every sub-block said so, PARTIAL where both kinds were seen, else UNKNOWN."""
+    kinds = np.full(len(has_true), UNKNOWN, dtype=np.int8)
+    kinds[all_true] = FULL
+    kinds[all_false] = EMPTY
+    kinds[(kinds == UNKNOWN) & has_true & has_false] = PARTIAL
+    return kinds
 
 
 def _any_per_owner(owner: np.ndarray, flags: np.ndarray, n: int) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 from .errors import AttnlangError
 from .simulator import Hardware, load_hardware, simulate
 
-__all__ = ["Measurement", "fit_efficiency", "measure_kernels", "write_profile", "CALIBRATION_PATTERNS"]
+__all__ = ["Measurement", "fit_efficiency", "measure_kernels", "median_milliseconds", "write_profile",
+           "CALIBRATION_PATTERNS"]
 
 FITTED = ("mma", "memory", "tile_overhead_ns")
 CALIBRATION_PATTERNS = {"dense": "pattern dense() { mask true }", "causal": None, "sliding_window": None}
@@ -66,6 +67,28 @@ def fit_efficiency(hw: Hardware, measurements, rounds: int = 3) -> tuple[Hardwar
     return _with(hw, best), math.sqrt(best_loss)
 
 
+def median_milliseconds(fn, device, repeat: int) -> float:
+    """Median milliseconds of `fn()` after one warm-up call: CUDA events on a GPU, wall time elsewhere."""
+    import time
+
+    import torch
+    fn()
+    samples = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - begin) * 1000)
+    return float(np.median(samples))
+
+
 def measure_kernels(patterns, lengths=(2048, 4096, 8192, 16384), heads=16, head_dim=128, block=(128, 64),
                     repeat=10):
     """Median times of attnlang's kernels, forward and forward+backward, on the CUDA device."""
@@ -84,16 +107,8 @@ def measure_kernels(patterns, lengths=(2048, 4096, 8192, 16384), heads=16, head_
                     out = kernel(q, k, v)
                     if backward:
                         torch.autograd.grad(out, (q, k, v), grad)
-                run()
-                samples = []
-                for _ in range(repeat):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    run()
-                    end.record()
-                    torch.cuda.synchronize()
-                    samples.append(start.elapsed_time(end))
-                measurements.append(Measurement(pattern, n, backward, float(np.median(samples)), heads, head_dim, block))
+                milliseconds = median_milliseconds(run, torch.device("cuda"), repeat)
+                measurements.append(Measurement(pattern, n, backward, milliseconds, heads, head_dim, block))
     return measurements
 
 

@@ -14,7 +14,6 @@ benchmarks/results/kernels.json with the device, versions and commit.
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
 import attnlang  # noqa: E402
+from attnlang.calibrate import median_milliseconds  # noqa: E402
 
 PATTERNS = {
     "causal": ("causal", {}),
@@ -40,25 +40,6 @@ PATTERNS = {
 }
 LENGTHS = [4096, 8192, 16384, 32768, 65536]
 DOCUMENT_TOKENS = 2048  # packed documents of this length
-
-
-def timed(fn, device, repeat: int) -> float:
-    """Median milliseconds of `fn()` after a warm-up."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - begin) * 1000)
-    return float(np.median(samples))
 
 
 def run_one(key, n, args, device, dtype):
@@ -96,12 +77,12 @@ def run_one(key, n, args, device, dtype):
     row = {"pattern": key, "params": params, "n": n, "pairs": pairs, "tile_density": block_map.tile_density}
     for label, fn in candidates.items():
         try:
-            forward_ms = timed(fn, device, args.repeat)
+            forward_ms = median_milliseconds(fn, device, args.repeat)
 
             def both():
                 out = fn()
                 torch.autograd.grad(out, (q, k, v), grad)
-            both_ms = timed(both, device, args.repeat)
+            both_ms = median_milliseconds(both, device, args.repeat)
             row[label] = {"forward_ms": forward_ms, "forward_backward_ms": both_ms,
                           "forward_tflops": flops["forward"] / forward_ms / 1e9,
                           "forward_backward_tflops": flops["forward_backward"] / both_ms / 1e9}

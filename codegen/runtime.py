@@ -162,7 +162,8 @@ class AttentionKernel:
         tables = self.tables(seq_q, seq_k, inputs, batch, q.device)
         # the same module `attnlang compile` writes, given the analysis' tables
         module = load_module(self.source, self.pattern.slug, interpret=q.device.type != "cuda")
-        return module.attention(q, k, v, inputs={k: torch.as_tensor(_numpy(v)) for k, v in (inputs or {}).items()},
+        tensors = {name: torch.as_tensor(_numpy(values)) for name, values in (inputs or {}).items()}
+        return module.attention(q, k, v, inputs=tensors,
                                 scale=scale, return_lse=return_lse, block_m=self.block_m, block_n=self.block_n,
                                 tables=tables)
 
@@ -198,7 +199,7 @@ def _inputs_key(inputs) -> str:
 def _checked_inputs(pattern, inputs, length: int) -> None:
     """Clear errors for missing, unknown, short or non-integer inputs (per-batch rows too)."""
     from attnlang.reference import check_inputs
-    check_inputs(pattern.ir, {k: _numpy(v) for k, v in (inputs or {}).items()}, length)
+    check_inputs(pattern.ir, {name: _numpy(values) for name, values in (inputs or {}).items()}, length)
 
 
 def _stack(tables, device):
