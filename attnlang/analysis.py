@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +42,7 @@ def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1
         _check_positive(name, value)
     start = time.perf_counter()
     checked = check_inputs(pattern, inputs, max(seq_q, seq_k), batch)
+    check_input_indices(pattern, seq_q, seq_k, heads, (block_q, block_k), checked, batch)
     analyzer = _Analyzer(pattern, seq_q, seq_k, heads, block_q, block_k, checked, batch)
     kinds = analyzer.run()
     return BlockMap(kinds=kinds, seq_q=seq_q, seq_k=seq_k, heads=heads, block_q=block_q, block_k=block_k,
@@ -65,6 +66,51 @@ def _check_positive(name: str, value) -> None:
 
 def mask_depends_on_head(pattern: ir.PatternIR) -> bool:
     return any(isinstance(n, ir.Var) and n.name == "h" for n in ir.walk(pattern.mask))
+
+
+def mask_depends_on_batch(pattern: ir.PatternIR) -> bool:
+    """Whether each batch entry needs its own block map: the mask reads b (per-batch inputs
+    are the caller's to count, from the inputs' shape)."""
+    return any(isinstance(n, ir.Var) and n.name == "b" for n in ir.walk(pattern.mask))
+
+
+def input_index_ranges(pattern: ir.PatternIR, lengths: dict[str, ir.Expr]) -> list[tuple[ir.Load, ir.Expr]]:
+    """Each input read of the pattern with the condition that its index is in range
+    (`0 <= index < length`), innermost reads first."""
+    roots = [pattern.mask, pattern.logit] + ([pattern.route.keep] if pattern.route else [])
+    loads = list(dict.fromkeys(n for root in roots for n in ir.walk(root) if isinstance(n, ir.Load)))
+    conditions = []
+    for load in reversed(loads):
+        above = ir.Binary(">=", load.index, ir.Const(0, ir.Type.INT), ir.Type.BOOL)
+        below = ir.Binary("<", load.index, lengths[load.input], ir.Type.BOOL)
+        conditions.append((load, ir.Binary("and", above, below, ir.Type.BOOL)))
+    return conditions
+
+
+def check_input_indices(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int, block, inputs: dict,
+                        batch: int = 0) -> None:
+    """Raise for an input index outside its input at any pair of the matrix, masked or not.
+
+    Kernels compute the mask and the logit of every pair of a visited tile, and `if`
+    evaluates both branches, so the language asks every index to be in range everywhere.
+    The proof is the block analysis of `0 <= index < length` itself: usually decided on the
+    whole matrix at once (`doc[q]`), never by evaluating all pairs unless it must.
+    """
+    lengths = {name: ir.Const(len(values), ir.Type.INT) for name, values in inputs.items()}
+    for load, condition in input_index_ranges(pattern, lengths):
+        check = replace(pattern, mask=condition)
+        analyzer = _Analyzer(check, seq_q, seq_k, heads, block[0], block[1], inputs, batch)
+        kinds = analyzer.run()
+        if (kinds == FULL).all():
+            continue
+        h, i, j = (int(x) for x in np.argwhere(kinds != FULL)[0])
+        q = np.arange(i * block[0], min((i + 1) * block[0], seq_q))[:, None]
+        k = np.arange(j * block[1], min((j + 1) * block[1], seq_k))[None, :]
+        inside = exact_mask(check, q, k, np.int64(h), seq_q, seq_k, heads, inputs, batch)
+        a, c = np.argwhere(~np.broadcast_to(inside, (len(q), k.shape[1])))[0]
+        raise AttnlangError(f"index out of range for input '{load.input}' (length {len(inputs[load.input])}) "
+                            f"at q={int(q[a, 0])}, k={int(k[0, c])}" + (f", h={h}" if kinds.shape[0] > 1 else "")
+                            + "; every pair is evaluated, masked or not: clamp the index", load.span)
 
 
 @dataclass
@@ -109,7 +155,8 @@ class _Analyzer:
         self.head_count = heads if mask_depends_on_head(pattern) else 1
         self.tiles_q = -(-seq_q // block_q)
         self.tiles_k = -(-seq_k // block_k)
-        self.constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads}
+        # a block map is for one batch entry: a mask that reads b is bounded at that b
+        self.constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads, "b": batch}
         self.ranges = {name: RangeMinMax(values) for name, values in inputs.items()}
         self.stats = {"reasoning": 0, "sampling": 0, "exact": 0}
 

@@ -141,7 +141,8 @@ class _Lowering:
         self.masks.append(expr)
 
     def stmt_Bias(self, stmt: ast.Bias):
-        bias = self._logit_expr(stmt.expr, "bias")
+        # `score` inside a bias is the logit so far, as inside a score statement
+        bias = ir.substitute(self._logit_expr(stmt.expr, "bias"), {ir.Var("score", Type.FLOAT): self.logit})
         self.logit = ir.Binary("+", self.logit, bias, Type.FLOAT, stmt.span)
 
     def stmt_Score(self, stmt: ast.Score):
@@ -373,6 +374,9 @@ class _Lowering:
         index = self.expr(node.index)
         if index.type is not Type.INT:
             raise AttnlangError(f"an input is indexed by an int, found {index.type}", _span_of(node.index))
+        if any(isinstance(n, ir.Var) and n.name == "score" for n in ir.walk(index)):
+            # the index range is checked before attention runs, so it cannot depend on the scores
+            raise AttnlangError("an input index cannot depend on score", _span_of(node.index))
         return ir.Load(node.name, index, node.span)
 
     def expr_Call(self, node: ast.Call):

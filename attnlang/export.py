@@ -28,7 +28,12 @@ _BINARY = {
 }
 _FUNCTIONS = {"abs": "torch.abs", "log": "torch.log", "log2": "torch.log2", "exp": "torch.exp",
               "sqrt": "torch.sqrt", "tanh": "torch.tanh", "min": "_min", "max": "_max", "hash": "_hash"}
-_ARGUMENTS = {"q": "q_idx", "k": "kv_idx", "h": "h", "b": "b", "score": "score"}
+# Each variable a mod reads is bound once at its top, as an int64 tensor (FlexAttention may pass
+# int32 indices; n_q, n_k and heads are the lengths and head count the mods were made for), so
+# integer arithmetic wraps at 64 bits as in the reference and no operand is a Python scalar.
+_PROLOGUE = {"q": "q = q_idx.to(torch.int64)", "k": "k = kv_idx.to(torch.int64)",
+             "h": "h = h.to(torch.int64)", "b": "b = b.to(torch.int64)"}
+_CONSTANTS = ("n_q", "n_k", "heads")
 
 _HEADER = '''\
 import torch
@@ -90,15 +95,10 @@ class TorchPrinter(ir.Visitor):
         return text, (_UNARY if text.startswith("-") else _ATOM)
 
     def visit_Var(self, node: ir.Var):
-        if node.name in _ARGUMENTS:
-            return _ARGUMENTS[node.name], _ATOM
-        if node.name not in self.constants or self.constants[node.name] is None:
-            raise AttnlangError(f"the pattern uses '{node.name}': give it to flex_mods "
-                                f"(seq_q, seq_k and heads bind n_q, n_k and heads)")
-        return str(int(self.constants[node.name])), _ATOM
+        return node.name, _ATOM
 
     def visit_Load(self, node: ir.Load):
-        return f"{node.input}[{self.print(node.index)}]", _ATOM
+        return f"input_{node.input}[{self.print(node.index)}]", _ATOM
 
     def visit_Cast(self, node: ir.Cast):
         return f"_float({self.print(node.operand)})", _ATOM
@@ -146,9 +146,22 @@ def shared_subexpressions(root: ir.Expr) -> list[ir.Expr]:
     return [node for node in order if counts[node] > 1]
 
 
+def _prologue(body: ir.Expr, constants: dict) -> list[str]:
+    used = {n.name for n in ir.walk(body) if isinstance(n, ir.Var)}
+    lines = [f"    {line}" for name, line in _PROLOGUE.items() if name in used]
+    for name in _CONSTANTS:
+        if name not in used:
+            continue
+        if constants.get(name) is None:
+            raise AttnlangError(f"the pattern uses '{name}': give it to flex_mods "
+                                f"(seq_q, seq_k and heads bind n_q, n_k and heads)")
+        lines.append(f"    {name} = torch.tensor({int(constants[name])})")
+    return lines
+
+
 def _function(name: str, signature: str, body: ir.Expr, constants: dict, result: str = "{}") -> list[str]:
     names: dict[ir.Expr, str] = {}
-    lines = [f"def {name}({signature}):"]
+    lines = [f"def {name}({signature}):"] + _prologue(body, constants)
     for index, node in enumerate(shared_subexpressions(body)):
         lines.append(f"    t{index} = {TorchPrinter(constants, names).print(node)}")
         names[node] = f"t{index}"
@@ -167,9 +180,10 @@ def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | No
     params = ", ".join(f"{k}={v!r}" for k, v in pattern.params)
     lines = [f'"""FlexAttention mods of attnlang pattern {pattern.name}({params})."""', "", _HEADER]
     for name in pattern.inputs:
-        lines.append(f"{name} = None  # runtime input: one int per token\n")
-    # FlexAttention wants a tensor even from a constant mask
-    mask = pattern.mask if pattern.mask != ir.TRUE else ir.Binary(">=", ir.Var("q", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
+        lines.append(f"input_{name} = None  # runtime input '{name}': one int per token\n")
+    mask = pattern.mask
+    if isinstance(mask, ir.Const):  # FlexAttention wants a tensor even from a constant mask
+        mask = ir.Binary(">=" if mask.value else "<", ir.Var("q", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
     lines += [""] + _function("mask_mod", "b, h, q_idx, kv_idx", mask, constants) + ["", ""]
     result = "{}" if pattern.logit == ir.Var("score", Type.FLOAT) else "({}).to(score.dtype)"
     lines += _function("score_mod", "score, b, h, q_idx, kv_idx", pattern.logit, constants, result) + [""]
@@ -186,5 +200,5 @@ def flex_mods(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None
         if inputs is None or name not in inputs:
             raise AttnlangError(f"pattern '{pattern.name}' needs input '{name}' for its mask_mod")
         value = inputs[name]
-        namespace[name] = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value, np.int64))
+        namespace[f"input_{name}"] = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value, np.int64))
     return namespace["mask_mod"], namespace["score_mod"]

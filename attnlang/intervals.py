@@ -1,9 +1,15 @@
 """Interval evaluation of IR over many boxes of (head, query range, key range) at once.
 
 For each box, `IntervalEvaluator` bounds every sub-expression: numbers by `[lo, hi]`
-(float64 arrays, ±inf when unbounded, exact for integers below 2**53) plus a flag for
-"may be NaN"; booleans by `lo` (true everywhere in the box) and `hi` (true somewhere).
-Every rule is sound: the true value at every point of the box lies inside. Bounds are
+(float64 arrays, ±inf when unbounded) plus a flag for "may be NaN"; booleans by `lo`
+(true everywhere in the box) and `hi` (true somewhere). Every rule is sound: the true
+value at every point of the box lies inside.
+
+Integers are bounded soundly over all of int64, not just below 2**53: an int bound is
+rounded outward (floor/ceil, and two ulps beyond 2**53, where float64 no longer holds
+every integer), and a bound that leaves int64 becomes the whole int64 range, because
+integer arithmetic wraps at 64 bits in every consumer. A bound that comes out NaN (the
+log of a negative number, inf - inf) means "unbounded, maybe NaN", never "false". Bounds are
 tight when each variable occurs once (q and k vary independently over a box); where a
 variable repeats, the analysis refines by splitting boxes.
 """
@@ -43,6 +49,14 @@ class Interval:
     lo: np.ndarray
     hi: np.ndarray
     nan: np.ndarray | bool = False  # may be NaN somewhere in the box (floats)
+
+    def __post_init__(self):
+        # A NaN bound compares false with everything, which would read as "never true":
+        # it stands for "anything, maybe NaN" instead.
+        bad = np.isnan(self.lo) | np.isnan(self.hi)
+        if np.any(bad):
+            self.lo, self.hi = np.where(bad, -INF, self.lo), np.where(bad, INF, self.hi)
+            self.nan = np.logical_or(self.nan, bad)
 
     @property
     def is_point(self):
@@ -160,8 +174,29 @@ def _bool(must, may) -> Interval:
     return Interval(np.asarray(must, dtype=np.float64), np.asarray(may, dtype=np.float64))
 
 
+INT64_LO, INT64_HI = -float(2**63), float(2**63)  # 2**63 - 1 is not a float64: 2**63 bounds it
+EXACT_FLOAT_INTS = float(2**53)  # below this every integer is a float64
+
+
+def _int_bounds(x: Interval) -> Interval:
+    """Outward-rounded bounds of an int expression, widened to all of int64 where they leave it."""
+    lo, hi = np.floor(x.lo), np.ceil(x.hi)
+    big_lo, big_hi = np.abs(lo) >= EXACT_FLOAT_INTS, np.abs(hi) >= EXACT_FLOAT_INTS
+    if np.any(big_lo) or np.any(big_hi):
+        # float64 results are within an ulp of the exact one there (pow: within one, plus its own)
+        lo = np.where(big_lo, np.nextafter(np.nextafter(lo, -INF), -INF), lo)
+        hi = np.where(big_hi, np.nextafter(np.nextafter(hi, INF), INF), hi)
+        wraps = (lo < INT64_LO) | (hi > INT64_HI)
+        lo, hi = np.where(wraps, INT64_LO, lo), np.where(wraps, INT64_HI, hi)
+    return Interval(lo, hi)
+
+
 class IntervalEvaluator(ir.Visitor):
     """Bounds of IR expressions over `Boxes`; one method per IR node kind."""
+
+    def visit(self, node: ir.Expr) -> Interval:
+        bounds = super().visit(node)
+        return _int_bounds(bounds) if node.type is Type.INT else bounds
 
     def __init__(self, boxes: Boxes, constants: dict, inputs: dict[str, RangeMinMax] | None = None):
         self.boxes = boxes
@@ -264,7 +299,12 @@ class IntervalEvaluator(ir.Visitor):
     def _floordiv(self, a, b, node):
         spans_zero = (b.lo <= 0) & (b.hi >= 0)
         corners = [np.floor_divide(x, y) for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
-        return _widen_where(_with_nan(_hull(*corners), a, b), spans_zero)
+        result = _with_nan(_hull(*corners), a, b)
+        # exact for operands below 2**53; beyond, the rounded quotient may cross an integer
+        inexact = np.maximum(np.abs(a.lo), np.abs(a.hi)) >= EXACT_FLOAT_INTS
+        result = Interval(np.where(inexact, result.lo - 1, result.lo), np.where(inexact, result.hi + 1, result.hi),
+                          result.nan)
+        return _widen_where(result, spans_zero)
 
     def _mod(self, a, b, node):
         # x % c for a constant c != 0: monotone inside one period of c, else anywhere in it

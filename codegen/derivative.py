@@ -43,6 +43,11 @@ def _float(expr: ir.Expr) -> ir.Expr:
     return expr if expr.type is Type.FLOAT else ir.Cast(expr, Type.FLOAT)
 
 
+def _sign(x: ir.Expr) -> ir.Expr:
+    negative = ir.Select(ir.Binary("<", x, ZERO, Type.BOOL), ir.Const(-1.0, Type.FLOAT), ZERO, Type.FLOAT)
+    return ir.Select(ir.Binary(">", x, ZERO, Type.BOOL), ONE, negative, Type.FLOAT)
+
+
 class Differentiator(ir.Visitor):
     """visit(node) → d node / d score, as float IR."""
 
@@ -82,20 +87,25 @@ class Differentiator(ir.Visitor):
                 return power_rule
             log_a = ir.Call("log", (_float(a),), Type.FLOAT)
             return _f("+", power_rule, _f("*", _f("*", node, log_a), db))
-        return ZERO  # // and % are piecewise constant
+        if node.op == "%":  # a % c = a - c * floor(a / c): slope 1 in a, -floor(a / c) in c
+            quotient = ir.Call("floor", (ir.Binary("/", _float(a), _float(b), Type.FLOAT),), Type.INT)
+            return _f("-", da, _f("*", _float(quotient), db))
+        return ZERO  # // is piecewise constant
 
     def visit_Call(self, node):
         if node.type is not Type.FLOAT:
             return ZERO
         x = node.args[0]
         dx = self.visit(x)
-        if node.func == "abs":
-            sign = ir.Select(ir.Binary("<", x, ZERO, Type.BOOL), ir.Const(-1.0, Type.FLOAT), ONE, Type.FLOAT)
-            return _f("*", sign, dx)
-        if node.func in ("min", "max"):
+        if node.func == "abs":  # sign(x): 0 at 0, as torch's
+            return _f("*", _sign(x), dx)
+        if node.func in ("min", "max"):  # the picked side's slope; a tie shares it, as torch's
             a, b = node.args
-            pick_a = ir.Binary("<=" if node.func == "min" else ">=", a, b, Type.BOOL)
-            return ir.Select(pick_a, self.visit(a), self.visit(b), Type.FLOAT)
+            da, db = self.visit(a), self.visit(b)
+            first = ir.Binary("<" if node.func == "min" else ">", a, b, Type.BOOL)
+            tie = ir.Binary("==", a, b, Type.BOOL)
+            shared = _f("*", ir.Const(0.5, Type.FLOAT), _f("+", da, db))
+            return ir.Select(first, da, ir.Select(tie, shared, db, Type.FLOAT), Type.FLOAT)
         if node.func == "log":
             return _f("/", dx, x)
         if node.func == "log2":

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnlang.analysis import mask_depends_on_batch
 from attnlang.errors import AttnlangError
 
 from .template import standalone_source
@@ -135,7 +136,8 @@ class AttentionKernel:
 
     def block_maps(self, seq_q: int, seq_k: int, inputs=None, batch: int = 1):
         """The analysis' block maps for these lengths: one, or one per batch row of inputs."""
-        per_batch = any(np.asarray(_numpy(v)).ndim == 2 for v in (inputs or {}).values())
+        per_batch = mask_depends_on_batch(self.pattern.ir) or any(
+            np.asarray(_numpy(v)).ndim == 2 for v in (inputs or {}).values())
         rows = range(batch) if per_batch else range(1)
         return [self.pattern.analyze(seq_q, seq_k, self.heads, (self.block_m, self.block_n), inputs, batch=b)
                 for b in rows]

@@ -47,7 +47,35 @@ def _mod(a, b):
 
 @triton.jit
 def _fmod(a, b):
+    """Python's % of floats: a - b * floor(a / b)."""
     return a - b * tl.floor(a / b)
+
+
+@triton.jit
+def _ipow(x, POWER: tl.constexpr, LOW_BIT: tl.constexpr, BITS: tl.constexpr):
+    """x ** POWER for a constant POWER >= 1 by repeated squaring (unrolled): exact signs for
+    a negative x, and int powers wrap modulo 2**64 exactly as the reference's do."""
+    square = x
+    for _ in tl.static_range(LOW_BIT):
+        square = square * square
+    result = square
+    for bit in tl.static_range(LOW_BIT + 1, BITS):
+        square = square * square
+        if (POWER >> bit) & 1:
+            result = result * square
+    return result
+
+
+@triton.jit
+def _fpow(a, b):
+    """a ** b for floats, as C's pow: |a| ** b with the sign of a for odd integral b, NaN for
+    a negative a and a fractional b, 1 for b == 0 or a == 1."""
+    magnitude = tl.exp2(b * tl.log2(tl.abs(a)))
+    integral = b == tl.floor(b)
+    odd = integral & (tl.floor(b * 0.5) * 2.0 != b)
+    signed = tl.where(odd, -magnitude, magnitude)
+    result = tl.where(a < 0, tl.where(integral, signed, float("nan")), magnitude)
+    return tl.where((b == 0) | (a == 1), 1.0, result)
 
 
 @triton.jit
@@ -65,7 +93,7 @@ def _load_rows(base, offs, length, stride, HEAD_DIM: tl.constexpr, HEAD_DIM_P: t
 
 @triton.jit
 def _hash_step(h, a):
-    """One round of attnlang's hash: MurmurHash3's fmix32 of h XOR a, in 32 bits."""
+    """One round of attnlang's hash: MurmurHash3's fmix32 of h XOR a, in 32 bits held in int64."""
     x = (h ^ (a & 0xFFFFFFFF)) & 0xFFFFFFFF
     x = x ^ (x >> 16)
     x = (x * 0x85EBCA6B) & 0xFFFFFFFF
@@ -278,7 +306,7 @@ def generate_source(pattern: ir.PatternIR, source_tag: str = "") -> str:
         ">=", ir.Var("k", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
     origin = f"from {source_tag}" if source_tag else ""
     spliced = [
-        jit_function("_mask", signature, mask, origin),
+        jit_function("_mask", signature, mask, origin, wide=True),
         jit_function("_logit", score_signature, pattern.logit, origin),
         jit_function("_dlogit", score_signature, differentiate(pattern.logit), "d logit / d score"),
     ]
@@ -303,6 +331,8 @@ import math
 
 import torch
 
+OUT_OF_RANGE = 3  # the tile kind classify_tiles reports for an input index out of range
+
 
 @triton.jit
 def classify_tiles(Kinds, INPUT_PARAMS N_Q, N_K, HEADS: tl.constexpr, MAP_HEADS: tl.constexpr,
@@ -321,6 +351,9 @@ def classify_tiles(Kinds, INPUT_PARAMS N_Q, N_K, HEADS: tl.constexpr, MAP_HEADS:
     count = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
     total = tl.sum(tl.sum(inside.to(tl.int32), 1), 0)
     kind = tl.where(count == 0, 0, tl.where(count == total, 2, 1))
+    # an input index out of range anywhere in the tile is an error, reported by block_tables
+    in_range = _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUT_ARGS HEADS) | ~inside
+    kind = tl.where(tl.min(tl.min(in_range.to(tl.int32), 1), 0) == 0, 3, kind)  # OUT_OF_RANGE
     tl.store(Kinds + (tl.program_id(2) * tl.num_programs(0) + start_m) * tl.num_programs(1) + start_n, kind)
 
 
@@ -332,16 +365,20 @@ def _tables_from_kinds(kinds, kind):
     return counts.contiguous(), order.contiguous()
 
 
-def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK_M_DEFAULT, block_n=BLOCK_N_DEFAULT):
-    """Block tables on the device: forward (by query tile) and backward (by key tile)."""
+def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK_M_DEFAULT, block_n=BLOCK_N_DEFAULT, batch=1):
+    """Block tables on the device: forward (by query tile) and backward (by key tile); one map per
+    batch entry when the mask reads b or an input has a row per batch entry."""
     map_heads = heads if MASK_READS_HEAD else 1
-    batches = max([t.shape[0] for t in inputs.values()] + [1])
+    batches = max([t.shape[0] for t in inputs.values()] + [batch if MASK_READS_BATCH else 1])
     tiles_m, tiles_n = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
     kinds = torch.empty((batches * map_heads, tiles_m, tiles_n), dtype=torch.int8, device=device)
     classify_tiles[(tiles_m, tiles_n, batches * map_heads)](kinds, *_input_arguments(inputs), seq_q, seq_k,
                                                             HEADS=heads, MAP_HEADS=map_heads,
                                                             BLOCK_M=block_m, BLOCK_N=block_n)
     kinds = kinds.view(batches, map_heads, tiles_m, tiles_n)
+    if bool((kinds == OUT_OF_RANGE).any()):
+        raise IndexError("an input index is out of range at some pair of the matrix (masked or not); "
+                         "clamp it (the pattern reads " + INDEX_EXPRESSIONS + ")")
     transposed = kinds.transpose(-1, -2).contiguous()
     return {"forward": [_tables_from_kinds(kinds, 2), _tables_from_kinds(kinds, 1)],
             "backward": [_tables_from_kinds(transposed, 2), _tables_from_kinds(transposed, 1)],
@@ -374,7 +411,7 @@ class _Attention(torch.autograd.Function):
         batch, heads, seq_q, head_dim = q.shape
         heads_kv, seq_k = k.shape[1], k.shape[2]
         if tables is None:
-            tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n)
+            tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n, batch)
         meta = _meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
         out = torch.empty_like(q)
         lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
@@ -428,11 +465,26 @@ def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK_
 def standalone_source(pattern: ir.PatternIR, block: tuple[int, int], source_tag: str = "") -> str:
     """A module that needs only torch and triton: the kernels, a device-side tile classifier
     that fills the block tables, and `attention(q, k, v, inputs=None, scale=None)`."""
-    from attnlang.analysis import mask_depends_on_head
+    from attnlang.analysis import input_index_ranges, mask_depends_on_batch, mask_depends_on_head
     params = _input_params(pattern)
     label = f"{pattern.name}({', '.join(f'{k}={v!r}' for k, v in pattern.params)})"
     runtime = (STANDALONE.replace("INPUT_PARAMS", params).replace("INPUT_ARGS", params)
                .replace("BLOCK_M_DEFAULT", str(block[0])).replace("BLOCK_N_DEFAULT", str(block[1]))
                .replace("MASK_READS_HEAD", str(mask_depends_on_head(pattern)))
+               .replace("MASK_READS_BATCH", str(mask_depends_on_batch(pattern)))
                .replace("INPUT_NAMES", repr(tuple(pattern.inputs))).replace("PATTERN_LABEL", label))
-    return generate_source(pattern, source_tag) + runtime
+    in_range = _indices_in_range_function(pattern)
+    runtime = runtime.replace("INDEX_EXPRESSIONS", repr(", ".join(
+        str(load) for load, _ in input_index_ranges(pattern, {n: ir.Const(0, Type.INT) for n in pattern.inputs}))))
+    return generate_source(pattern, source_tag) + "\n" + in_range + runtime
+
+
+def _indices_in_range_function(pattern: ir.PatternIR) -> str:
+    """`_indices_in_range`: whether every input index of the pattern is inside its input."""
+    from attnlang.analysis import input_index_ranges
+    lengths = {name: ir.Var(f"len_{name}", Type.INT) for name in pattern.inputs}
+    condition = ir.Binary(">=", ir.Var("k", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
+    for _, in_range in input_index_ranges(pattern, lengths):
+        condition = ir.Binary("and", condition, in_range, Type.BOOL)
+    signature = f"q_pos, k_pos, off_b, off_h, N_Q, N_K, {_input_params(pattern)}HEADS: tl.constexpr"
+    return jit_function("_indices_in_range", signature, condition, "every input index inside its input", wide=True)

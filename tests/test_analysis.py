@@ -214,7 +214,8 @@ def test_flex_mods_name_what_is_missing(lib):
 
 def test_flex_source_is_readable_python(lib):
     source = lib["radial"].flex_source()
-    assert "def mask_mod(b, h, q_idx, kv_idx):" in source and "    t0 = kv_idx // 1024" in source
+    assert "def mask_mod(b, h, q_idx, kv_idx):" in source and "    t0 = k // 1024" in source
+    assert "    k = kv_idx.to(torch.int64)" in source
     compile(source, "radial", "exec")
 
 
