@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import Span
+from .ir import ARITHMETIC, COMPARISONS, LOGIC
 
 __all__ = [
     "Node", "Expr", "IntLit", "FloatLit", "BoolLit", "Name", "Attr", "Index", "Keyword", "Call",
@@ -17,9 +18,10 @@ __all__ = [
     "Route", "Param", "PatternDecl", "Module", "ARITHMETIC_OPS", "COMPARISON_OPS", "LOGICAL_OPS",
 ]
 
-ARITHMETIC_OPS = ("+", "-", "*", "/", "//", "%", "**")
-COMPARISON_OPS = ("==", "!=", "<", "<=", ">", ">=")
-LOGICAL_OPS = ("and", "or")
+# the surface spellings of the IR's operator vocabulary (attnlang.ir declares it once)
+ARITHMETIC_OPS = tuple(op.value for op in ARITHMETIC)
+COMPARISON_OPS = tuple(op.value for op in COMPARISONS)
+LOGICAL_OPS = tuple(op.value for op in LOGIC)
 
 
 def _span():

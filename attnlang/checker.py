@@ -26,7 +26,6 @@ class PatternScope(Protocol):
     def visible_names(self) -> list[str]: ...
 
 ROUTE_POOLS = ("mean",)
-_ARITHMETIC = {"+", "-", "*", "/", "//", "%", "**"}
 
 
 def lower_pattern(decl: ast.PatternDecl, params: dict, scope: PatternScope,
@@ -434,12 +433,13 @@ class _Lowering:
 
     def expr_Binary(self, node: ast.Binary):
         left, right = self.expr(node.left), self.expr(node.right)
-        if node.op in ("and", "or"):
+        op = ir.BinaryOp(node.op)
+        if op in ir.LOGIC:
             for value, side in ((left, node.left), (right, node.right)):
                 if value.type is not Type.BOOL:
                     raise AttnlangError(f"'{node.op}' expects bools, found {value.type}", _span_of(side))
             return ir.Binary(node.op, left, right, Type.BOOL, node.span)
-        if node.op in ast.COMPARISON_OPS:
+        if op in ir.COMPARISONS:
             return self._comparison(node, left, right)
         return self._arithmetic(node, left, right)
 

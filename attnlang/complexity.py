@@ -20,6 +20,7 @@ exponent is fitted to exact counts from the block map, and labelled as fitted.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -32,6 +33,19 @@ __all__ = ["Complexity", "derive_pairs", "SympyPrinter", "NotDerivable"]
 
 n = sp.Symbol("n", integer=True, positive=True)
 _q, _k, _d, _j = sp.symbols("q k d j", integer=True)
+
+
+_Op, _Func = ir.BinaryOp, ir.Func
+SYMPY_BINARY = {
+    _Op.ADD: operator.add, _Op.SUB: operator.sub, _Op.MUL: operator.mul, _Op.DIV: operator.truediv,
+    _Op.FLOOR_DIV: lambda a, b: sp.floor(a / b), _Op.MOD: sp.Mod, _Op.POW: operator.pow,
+    _Op.EQ: sp.Eq, _Op.NE: sp.Ne, _Op.LT: sp.Lt, _Op.LE: sp.Le, _Op.GT: sp.Gt, _Op.GE: sp.Ge,
+    _Op.AND: sp.And, _Op.OR: sp.Or,
+}
+# None: no closed form is derived through this function (the count is fitted instead)
+SYMPY_FUNCTIONS = {_Func.ABS: sp.Abs, _Func.MIN: sp.Min, _Func.MAX: sp.Max, _Func.FLOOR: sp.floor,
+                   _Func.CEIL: sp.ceiling, _Func.LOG: None, _Func.LOG2: None, _Func.EXP: None, _Func.SQRT: None,
+                   _Func.TANH: None, _Func.HASH: None}
 
 
 class NotDerivable(Exception):
@@ -103,25 +117,17 @@ class SympyPrinter(ir.Visitor):
 
     def visit_Unary(self, node: ir.Unary):
         value = self.visit(node.operand)
-        return sp.Not(value) if node.op == "not" else -value
+        return sp.Not(value) if node.op == ir.UnaryOp.NOT else -value
 
     def visit_Binary(self, node: ir.Binary):
         a, b = self.visit(node.left), self.visit(node.right)
-        ops = {
-            "+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
-            "//": lambda: sp.floor(a / b), "%": lambda: sp.Mod(a, b), "**": lambda: a ** b,
-            "==": lambda: sp.Eq(a, b), "!=": lambda: sp.Ne(a, b), "<": lambda: sp.Lt(a, b),
-            "<=": lambda: sp.Le(a, b), ">": lambda: sp.Gt(a, b), ">=": lambda: sp.Ge(a, b),
-            "and": lambda: sp.And(a, b), "or": lambda: sp.Or(a, b),
-        }
-        return ops[node.op]()
+        return SYMPY_BINARY[node.op](a, b)
 
     def visit_Call(self, node: ir.Call):
         args = [self.visit(a) for a in node.args]
-        functions = {"abs": sp.Abs, "min": sp.Min, "max": sp.Max, "floor": sp.floor, "ceil": sp.ceiling}
-        if node.func not in functions:
+        if SYMPY_FUNCTIONS[node.func] is None:
             raise NotDerivable(f"the mask calls {node.func}")
-        return functions[node.func](*args)
+        return SYMPY_FUNCTIONS[node.func](*args)
 
     def visit_Select(self, node: ir.Select):
         cond, then, orelse = (self.visit(c) for c in (node.cond, node.then, node.orelse))

@@ -18,16 +18,18 @@ __all__ = ["TorchPrinter", "flex_source", "flex_mods"]
 
 # Python's binding strengths for the operators the printer emits, loosest first.
 _COMPARE, _OR, _AND, _SUM, _PRODUCT, _UNARY, _POWER, _ATOM = range(8)
+Op, Func = ir.BinaryOp, ir.Func
 _BINARY = {
-    "==": ("==", _COMPARE), "!=": ("!=", _COMPARE), "<": ("<", _COMPARE), "<=": ("<=", _COMPARE),
-    ">": (">", _COMPARE), ">=": (">=", _COMPARE),
-    "or": ("|", _OR), "and": ("&", _AND),
-    "+": ("+", _SUM), "-": ("-", _SUM),
-    "*": ("*", _PRODUCT), "/": ("/", _PRODUCT), "//": ("//", _PRODUCT), "%": ("%", _PRODUCT),
-    "**": ("**", _POWER),
+    Op.EQ: ("==", _COMPARE), Op.NE: ("!=", _COMPARE), Op.LT: ("<", _COMPARE), Op.LE: ("<=", _COMPARE),
+    Op.GT: (">", _COMPARE), Op.GE: (">=", _COMPARE),
+    Op.OR: ("|", _OR), Op.AND: ("&", _AND),
+    Op.ADD: ("+", _SUM), Op.SUB: ("-", _SUM),
+    Op.MUL: ("*", _PRODUCT), Op.DIV: ("/", _PRODUCT), Op.FLOOR_DIV: ("//", _PRODUCT), Op.MOD: ("%", _PRODUCT),
+    Op.POW: ("**", _POWER),
 }
-_FUNCTIONS = {"abs": "torch.abs", "log": "torch.log", "log2": "torch.log2", "exp": "torch.exp",
-              "sqrt": "torch.sqrt", "tanh": "torch.tanh", "min": "_min", "max": "_max", "hash": "_hash"}
+_FUNCTIONS = {Func.ABS: "torch.abs", Func.LOG: "torch.log", Func.LOG2: "torch.log2", Func.EXP: "torch.exp",
+              Func.SQRT: "torch.sqrt", Func.TANH: "torch.tanh", Func.MIN: "_min", Func.MAX: "_max",
+              Func.HASH: "_hash", Func.FLOOR: "torch.floor", Func.CEIL: "torch.ceil"}
 # Each variable a mod reads is bound once at its top, as an int64 tensor (FlexAttention may pass
 # int32 indices; n_q, n_k and heads are the lengths and head count the mods were made for), so
 # integer arithmetic wraps at 64 bits as in the reference and no operand is a Python scalar.
@@ -104,20 +106,20 @@ class TorchPrinter(ir.Visitor):
         return f"_float({self.print(node.operand)})", _ATOM
 
     def visit_Unary(self, node: ir.Unary):
-        symbol = "~" if node.op == "not" else "-"
+        symbol = "~" if node.op == ir.UnaryOp.NOT else "-"
         return symbol + self._wrap(node.operand, _UNARY), _UNARY
 
     def visit_Binary(self, node: ir.Binary):
         symbol, level = _BINARY[node.op]
-        if node.op == "**":
+        if node.op == Op.POW:
             return f"{self._wrap(node.left, _POWER, strict=True)} ** {self._wrap(node.right, _UNARY)}", _POWER
         strict_left = level == _COMPARE
         return f"{self._wrap(node.left, level, strict_left)} {symbol} {self._wrap(node.right, level, True)}", level
 
     def visit_Call(self, node: ir.Call):
         args = ", ".join(self.print(a) for a in node.args)
-        if node.func in ("floor", "ceil"):
-            return f"torch.{node.func}({args}).to(torch.int64)", _ATOM
+        if node.func in (Func.FLOOR, Func.CEIL):
+            return f"{_FUNCTIONS[node.func]}({args}).to(torch.int64)", _ATOM
         return f"{_FUNCTIONS[node.func]}({args})", _ATOM
 
     def visit_Select(self, node: ir.Select):

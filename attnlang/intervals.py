@@ -174,6 +174,11 @@ def _bool(must, may) -> Interval:
     return Interval(np.asarray(must, dtype=np.float64), np.asarray(may, dtype=np.float64))
 
 
+Op = ir.BinaryOp
+_ARITHMETIC_RULES = {Op.ADD: "_add", Op.SUB: "_sub", Op.MUL: "_mul", Op.DIV: "_div", Op.FLOOR_DIV: "_floordiv",
+                     Op.MOD: "_mod", Op.POW: "_pow"}
+# builtin -> the method bounding it
+_CALL_RULES = {f: f"_call_{f.value}" for f in ir.Func}
 INT64_LO, INT64_HI = -float(2**63), float(2**63)  # 2**63 - 1 is not a float64: 2**63 bounds it
 EXACT_FLOAT_INTS = float(2**53)  # below this every integer is a float64
 
@@ -236,7 +241,7 @@ class IntervalEvaluator(ir.Visitor):
 
     def visit_Unary(self, node: ir.Unary):
         x = self.visit(node.operand)
-        if node.op == "not":
+        if node.op == ir.UnaryOp.NOT:
             return Interval(1.0 - x.hi, 1.0 - x.lo)
         return Interval(-x.hi, -x.lo, x.nan)
 
@@ -254,30 +259,28 @@ class IntervalEvaluator(ir.Visitor):
         op = node.op
         a = self.visit(node.left)
         b = self.visit(node.right)
-        if op in ("and", "or"):
-            combine = np.minimum if op == "and" else np.maximum
+        if op in ir.LOGIC:
+            combine = np.minimum if op == Op.AND else np.maximum
             return Interval(combine(a.lo, b.lo), combine(a.hi, b.hi))
-        if op in ("==", "!=", "<", "<=", ">", ">="):
+        if op in ir.COMPARISONS:
             return self._compare(op, a, b)
         with np.errstate(all="ignore"):
-            result = getattr(self, "_" + {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv",
-                                          "%": "mod", "**": "pow"}[op])(a, b, node)
-        return result
+            return getattr(self, _ARITHMETIC_RULES[op])(a, b, node)
 
-    def _compare(self, op, a, b):
+    def _compare(self, op: ir.BinaryOp, a: Interval, b: Interval) -> Interval:
         # A NaN compares false with everything except through `!=`, so it can only
         # spoil "true everywhere" for ==, <, <=, >, >=, and "false everywhere" never
         # (its points make != true, which ~must_eq already allows).
         nan = np.logical_or(a.nan, b.nan)
-        if op in (">", ">="):
-            a, b, op = b, a, {">": "<", ">=": "<="}[op]
-        if op == "<":
+        if op in (Op.GT, Op.GE):
+            a, b, op = b, a, {Op.GT: Op.LT, Op.GE: Op.LE}[op]
+        if op == Op.LT:
             return _bool((a.hi < b.lo) & ~nan, a.lo < b.hi)
-        if op == "<=":
+        if op == Op.LE:
             return _bool((a.hi <= b.lo) & ~nan, a.lo <= b.hi)
         must_eq = (a.lo == a.hi) & (b.lo == b.hi) & (a.lo == b.lo) & ~nan
         may_eq = (a.lo <= b.hi) & (b.lo <= a.hi)
-        if op == "==":
+        if op == Op.EQ:
             return _bool(must_eq, may_eq)
         return _bool(~may_eq, ~must_eq)
 
@@ -344,7 +347,7 @@ class IntervalEvaluator(ir.Visitor):
     def visit_Call(self, node: ir.Call):
         args = [self.visit(a) for a in node.args]
         with np.errstate(all="ignore"):
-            return getattr(self, "_call_" + node.func)(*args)
+            return getattr(self, _CALL_RULES[node.func])(*args)
 
     def _call_abs(self, x):
         straddles = (x.lo < 0) & (x.hi > 0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .errors import Span
 
 __all__ = [
-    "Type", "Expr", "Const", "Var", "Load", "Cast", "Unary", "Binary", "Call", "Select",
+    "Type", "BinaryOp", "UnaryOp", "Func", "ARITHMETIC", "COMPARISONS", "LOGIC", "Expr", "Const", "Var", "Load", "Cast", "Unary", "Binary", "Call", "Select",
     "NODE_TYPES", "VARIABLES", "RouteIR", "PatternIR", "Visitor", "children", "walk",
     "replace_children", "substitute", "TRUE", "FALSE",
 ]
@@ -32,6 +32,59 @@ class Type(enum.Enum):
     @property
     def is_number(self) -> bool:
         return self is not Type.BOOL
+
+
+# -- the op vocabulary, declared once ---------------------------------------------------------
+#
+# Every consumer's table (reference, intervals, export, Triton, derivative, closed forms,
+# simulator cost, checker, printer) is keyed by these enums, and tests/test_ops.py runs every
+# member through every consumer, so an operator cannot be forgotten or half-implemented.
+# They are StrEnums: a member equals, hashes and prints as its source spelling.
+
+class BinaryOp(enum.StrEnum):
+    ADD = "+"
+    SUB = "-"
+    MUL = "*"
+    DIV = "/"          # always float
+    FLOOR_DIV = "//"   # floor division, Python's semantics
+    MOD = "%"          # floor modulo, Python's semantics
+    POW = "**"
+    EQ = "=="
+    NE = "!="
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+    AND = "and"
+    OR = "or"
+
+
+ARITHMETIC = (BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV, BinaryOp.FLOOR_DIV, BinaryOp.MOD,
+              BinaryOp.POW)
+COMPARISONS = (BinaryOp.EQ, BinaryOp.NE, BinaryOp.LT, BinaryOp.LE, BinaryOp.GT, BinaryOp.GE)
+LOGIC = (BinaryOp.AND, BinaryOp.OR)
+
+
+class UnaryOp(enum.StrEnum):
+    NEG = "-"
+    NOT = "not"
+
+
+class Func(enum.StrEnum):
+    """The builtin functions as the IR holds them (`clamp` is lowered to `min`/`max`);
+    arity and typing are in `attnlang.builtins.BUILTINS`."""
+
+    ABS = "abs"
+    MIN = "min"
+    MAX = "max"
+    FLOOR = "floor"
+    CEIL = "ceil"
+    LOG = "log"
+    LOG2 = "log2"
+    EXP = "exp"
+    SQRT = "sqrt"
+    TANH = "tanh"
+    HASH = "hash"
 
 
 # The names every body can use, and their types (LANGUAGE.md).
@@ -97,10 +150,13 @@ class Cast(Expr):
 
 @dataclass(frozen=True)
 class Unary(Expr):
-    op: str  # "-" or "not"
+    op: UnaryOp
     operand: Expr
     type: Type
     span: Span | None = _span()
+
+    def __post_init__(self):
+        object.__setattr__(self, "op", UnaryOp(self.op))  # a spelling becomes its member
 
 
 @dataclass(frozen=True)
@@ -110,21 +166,27 @@ class Binary(Expr):
     `//` and `%` have Python's floor semantics, for negative operands too.
     """
 
-    op: str
+    op: BinaryOp
     left: Expr
     right: Expr
     type: Type
     span: Span | None = _span()
+
+    def __post_init__(self):
+        object.__setattr__(self, "op", BinaryOp(self.op))
 
 
 @dataclass(frozen=True)
 class Call(Expr):
     """A builtin function (`attnlang.builtins.BUILTINS`); clamp is lowered to min/max."""
 
-    func: str
+    func: Func
     args: tuple[Expr, ...]
     type: Type
     span: Span | None = _span()
+
+    def __post_init__(self):
+        object.__setattr__(self, "func", Func(self.func))
 
 
 @dataclass(frozen=True)

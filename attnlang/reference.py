@@ -9,6 +9,7 @@ Nothing here is fast; everything here is obviously right.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -67,6 +68,8 @@ class _NumpyOps:
     def pow(a, b):
         return np.power(a, b)
 
+    floordiv = staticmethod(np.floor_divide)
+
 
 class _TorchOps:
     """The same operations on torch tensors (float64 for floats, int64 for ints)."""
@@ -113,12 +116,26 @@ class _TorchOps:
     def pow(self, a, b):
         return self.torch.pow(a, b)
 
+    def floordiv(self, a, b):
+        # Python's floor division (floor_divide has no derivative; this one has slope 0)
+        return self.torch.div(a, b, rounding_mode="floor")
 
-_COMPARE = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+
+Op = ir.BinaryOp
+# numpy and torch give Python's floor semantics to // and % on their own
+_BINARY = {
+    Op.ADD: operator.add, Op.SUB: operator.sub, Op.MUL: operator.mul, Op.DIV: operator.truediv,
+    Op.FLOOR_DIV: None, Op.MOD: operator.mod, Op.POW: None,  # None: the ops' own (pow, floordiv)
+    Op.EQ: operator.eq, Op.NE: operator.ne, Op.LT: operator.lt, Op.LE: operator.le,
+    Op.GT: operator.gt, Op.GE: operator.ge,
+    Op.AND: operator.and_, Op.OR: operator.or_,  # no short-circuit: arrays are evaluated whole
 }
+
+
+# the method of the numpy/torch ops object that computes each builtin
+_FUNCTIONS = {ir.Func.ABS: "abs", ir.Func.MIN: "minimum", ir.Func.MAX: "maximum", ir.Func.FLOOR: "floor",
+              ir.Func.CEIL: "ceil", ir.Func.LOG: "log", ir.Func.LOG2: "log2", ir.Func.EXP: "exp",
+              ir.Func.SQRT: "sqrt", ir.Func.TANH: "tanh", ir.Func.HASH: "hash"}
 
 
 class Evaluator(ir.Visitor):
@@ -155,46 +172,26 @@ class Evaluator(ir.Visitor):
 
     def visit_Unary(self, node: ir.Unary):
         value = self.visit(node.operand)
-        return ~value if node.op == "not" else -value
+        return ~value if node.op == ir.UnaryOp.NOT else -value
 
     def visit_Binary(self, node: ir.Binary):
         op = node.op
-        if op == "and":  # no short-circuit: arrays are evaluated whole
-            return self.visit(node.left) & self.visit(node.right)
-        if op == "or":
-            return self.visit(node.left) | self.visit(node.right)
         left, right = self.visit(node.left), self.visit(node.right)
-        if op in _COMPARE:
-            return _COMPARE[op](left, right)
-        if op in ("//", "%") and node.type is Type.INT and self.ops.any(right == 0):
-            raise AttnlangError(f"integer {'division' if op == '//' else 'modulo'} by zero", node.span)
+        if op in (Op.FLOOR_DIV, Op.MOD) and node.type is Type.INT and self.ops.any(right == 0):
+            raise AttnlangError(f"integer {'division' if op == Op.FLOOR_DIV else 'modulo'} by zero", node.span)
         with np.errstate(all="ignore"):
-            if op == "+":
-                return left + right
-            if op == "-":
-                return left - right
-            if op == "*":
-                return left * right
-            if op == "/":
-                return left / right
-            if op == "//":
-                return left // right
-            if op == "%":
-                return left % right
-            if op == "**":
+            if op == Op.FLOOR_DIV:
+                return self.ops.floordiv(left, right)
+            if op == Op.POW:
                 if node.type is Type.INT and self.ops.any(right < 0):
                     raise AttnlangError("negative exponent of an int power", node.span)
                 return self.ops.pow(left, right)
-        raise TypeError(f"unknown operator {op}")
+            return _BINARY[op](left, right)
 
     def visit_Call(self, node: ir.Call):
         args = [self.visit(a) for a in node.args]
         with np.errstate(all="ignore"):
-            if node.func == "min":
-                return self.ops.minimum(*args)
-            if node.func == "max":
-                return self.ops.maximum(*args)
-            return getattr(self.ops, node.func)(*args)
+            return getattr(self.ops, _FUNCTIONS[node.func])(*args)
 
     def visit_Select(self, node: ir.Select):
         return self.ops.where(self.visit(node.cond), self.visit(node.then), self.visit(node.orelse))

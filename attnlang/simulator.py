@@ -41,10 +41,11 @@ BACKWARD_OPS = 10.0     # per pair and backward pass: recompute exp, dP - delta,
 
 # elementwise cost of each IR operation, in FP32-op equivalents (integer division and the
 # special functions are several instructions; loads of inputs go through the cache)
-OP_COST = {"+": 1, "-": 1, "*": 1, "/": 4, "//": 20, "%": 20, "**": 8,
-           "==": 1, "!=": 1, "<": 1, "<=": 1, ">": 1, ">=": 1, "and": 1, "or": 1}
-CALL_COST = {"abs": 1, "min": 1, "max": 1, "floor": 1, "ceil": 1, "log": 4, "log2": 4, "exp": 4,
-             "sqrt": 4, "tanh": 6, "hash": 12}
+_Op, _Func = ir.BinaryOp, ir.Func
+OP_COST = {_Op.ADD: 1, _Op.SUB: 1, _Op.MUL: 1, _Op.DIV: 4, _Op.FLOOR_DIV: 20, _Op.MOD: 20, _Op.POW: 8,
+           **{op: 1 for op in ir.COMPARISONS + ir.LOGIC}}
+CALL_COST = {_Func.ABS: 1, _Func.MIN: 1, _Func.MAX: 1, _Func.FLOOR: 1, _Func.CEIL: 1, _Func.LOG: 4,
+             _Func.LOG2: 4, _Func.EXP: 4, _Func.SQRT: 4, _Func.TANH: 6, _Func.HASH: 12}
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def ir_cost(expr: ir.Expr) -> float:
             case ir.Binary(op):
                 total += OP_COST[op]
             case ir.Call(func, args):
-                total += CALL_COST[func] * (len(args) if func == "hash" else 1)
+                total += CALL_COST[func] * (len(args) if func == _Func.HASH else 1)
             case ir.Load():
                 total += 4
             case ir.Unary() | ir.Cast() | ir.Select():

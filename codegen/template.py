@@ -47,8 +47,20 @@ def _mod(a, b):
 
 @triton.jit
 def _fmod(a, b):
-    """Python's % of floats: a - b * floor(a / b)."""
-    return a - b * tl.floor(a / b)
+    """Python's % of floats: C's fmod (Triton's float %), moved to the divisor's sign."""
+    remainder = a % b
+    return tl.where((remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b, remainder)
+
+
+@triton.jit
+def _ffloordiv(a, b):
+    """Python's // of floats, by CPython's algorithm (numpy's and torch's too): not floor(a / b),
+    which rounds 1.0 / 0.1 up to 10 where 1.0 // 0.1 is 9."""
+    remainder = a % b
+    quotient = (a - remainder) / b
+    quotient = tl.where((remainder != 0) & ((remainder < 0) != (b < 0)), quotient - 1.0, quotient)
+    floored = tl.floor(quotient)
+    return tl.where(quotient - floored > 0.5, floored + 1.0, floored)
 
 
 @triton.jit

@@ -23,10 +23,16 @@ __all__ = ["TritonPrinter", "jit_function", "SCALARS"]
 _POSITIONS = {"q": "q_pos", "k": "k_pos", "score": "score"}
 # scalar variables: the local name a spliced function gives each, and the kernel argument it widens
 SCALARS = {"h": "off_h", "b": "off_b", "n_q": "N_Q", "n_k": "N_K", "heads": "HEADS"}
-_FUNCTIONS = {"abs": "tl.abs", "log": "tl.log", "log2": "tl.log2", "exp": "tl.exp", "sqrt": "tl.sqrt",
-              "tanh": "_tanh"}
-# min/max propagate NaN, as numpy and torch do (Triton's default returns the other operand)
-_MIN_MAX = {"min": "tl.minimum", "max": "tl.maximum"}
+Op, Func = ir.BinaryOp, ir.Func
+# min/max propagate NaN, as numpy and torch do (Triton's default returns the other operand);
+# floor/ceil give ints; hash is a chain of `_hash_step`s (visit_Call)
+_FUNCTIONS = {Func.ABS: "tl.abs", Func.LOG: "tl.log", Func.LOG2: "tl.log2", Func.EXP: "tl.exp",
+              Func.SQRT: "tl.sqrt", Func.TANH: "_tanh", Func.MIN: "tl.minimum", Func.MAX: "tl.maximum",
+              Func.FLOOR: "tl.floor", Func.CEIL: "tl.ceil", Func.HASH: "_hash_step"}
+_NAN_PROPAGATING = (Func.MIN, Func.MAX)
+# the language's floor semantics (Python's), for ints and floats: Triton's // and % truncate
+_INT_DIVISION = {Op.FLOOR_DIV: "_floordiv", Op.MOD: "_mod"}
+_FLOAT_DIVISION = {Op.FLOOR_DIV: "_ffloordiv", Op.MOD: "_fmod"}
 _LARGEST_UNROLLED_POWER = 64
 
 
@@ -60,21 +66,18 @@ class TritonPrinter(TorchPrinter):
         return f"{self._wrap(node.operand, _ATOM)}.to({float_type})", _ATOM
 
     def visit_Unary(self, node: ir.Unary):
-        if node.op == "not":
+        if node.op == ir.UnaryOp.NOT:
             # a comparison: its parent wraps it, so `(x) == 0 == y` or `(x) == 0 & y` cannot occur
             return f"{self._wrap(node.operand, _ATOM)} == 0", _COMPARE
         return "-" + self._wrap(node.operand, _UNARY), _UNARY
 
     def visit_Binary(self, node: ir.Binary):
         a, b = node.left, node.right
-        if node.op in ("//", "%") and node.type is Type.INT:
-            helper = "_floordiv" if node.op == "//" else "_mod"
-            return f"{helper}({self.print(a)}, {self.print(b)})", _ATOM
-        if node.op == "//":
-            return f"tl.floor({self._wrap(a, _PRODUCT)} / {self._wrap(b, _PRODUCT, True)})", _ATOM
-        if node.op == "%":
-            return f"_fmod({self.print(a)}, {self.print(b)})", _ATOM
-        if node.op == "**":
+        if node.op in _INT_DIVISION and node.type is Type.INT:
+            return f"{_INT_DIVISION[node.op]}({self.print(a)}, {self.print(b)})", _ATOM
+        if node.op in _FLOAT_DIVISION:
+            return f"{_FLOAT_DIVISION[node.op]}({self.print(a)}, {self.print(b)})", _ATOM
+        if node.op == Op.POW:
             return self._power(a, b, node.type)
         return super().visit_Binary(node)
 
@@ -102,16 +105,17 @@ class TritonPrinter(TorchPrinter):
 
     def visit_Call(self, node: ir.Call):
         args = [self.print(a) for a in node.args]
-        if node.func in ("floor", "ceil"):
-            return f"tl.{node.func}({args[0]}).to(tl.int64)", _ATOM
-        if node.func == "hash":
+        function = _FUNCTIONS[node.func]
+        if node.func in (Func.FLOOR, Func.CEIL):
+            return f"{function}({args[0]}).to(tl.int64)", _ATOM
+        if node.func == Func.HASH:
             state = "HASH_SEED"
             for arg in args:
-                state = f"_hash_step({state}, {arg})"
+                state = f"{function}({state}, {arg})"
             return f"({state} >> 1)", _ATOM
-        if node.func in _MIN_MAX:
-            return f"{_MIN_MAX[node.func]}({', '.join(args)}, propagate_nan=tl.PropagateNan.ALL)", _ATOM
-        return f"{_FUNCTIONS[node.func]}({', '.join(args)})", _ATOM
+        if node.func in _NAN_PROPAGATING:
+            return f"{function}({', '.join(args)}, propagate_nan=tl.PropagateNan.ALL)", _ATOM
+        return f"{function}({', '.join(args)})", _ATOM
 
     def visit_Select(self, node: ir.Select):
         then, orelse = (self._branch(node.then), self._branch(node.orelse))
