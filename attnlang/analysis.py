@@ -483,6 +483,29 @@ class BlockMap:
                  "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"]
         return {name: getattr(self, name) for name in names}
 
+    @functools.cached_property
+    def ragged_partial_kinds(self) -> np.ndarray:
+        """The kinds with every FULL tile cut by a ragged end made PARTIAL: what kernels run.
+
+        A FULL tile then lies wholly inside both lengths, so kernels (ours, FlexAttention's)
+        skip its mask *and* its bounds checks; only the last tile row and column can change.
+        """
+        kinds = self.kinds
+        ragged_q, ragged_k = self.seq_q % self.block_q, self.seq_k % self.block_k
+        if not (ragged_q or ragged_k):
+            return kinds
+        kinds = kinds.copy()
+        for last in ([kinds[:, -1, :]] if ragged_q else []) + ([kinds[:, :, -1]] if ragged_k else []):
+            last[last == FULL] = PARTIAL
+        return kinds
+
+    @functools.cached_property
+    def kernel_tables(self) -> dict:
+        """Forward and transposed (FULL, PARTIAL) tables of `ragged_partial_kinds`."""
+        kinds = self.ragged_partial_kinds
+        forward, backward = _tables(kinds), _tables(kinds, transpose=True)
+        return {"forward": [forward[1], forward[0]], "backward": [backward[1], backward[0]]}
+
     # -- FlexAttention ----------------------------------------------------------------
 
     def to_flex(self, mask_mod=None):
@@ -494,13 +517,7 @@ class BlockMap:
         import torch
         from torch.nn.attention.flex_attention import BlockMask
 
-        kinds = self.kinds.copy()
-        if self.seq_q % self.block_q:
-            last = kinds[:, -1, :]
-            last[last == FULL] = PARTIAL
-        if self.seq_k % self.block_k:
-            last = kinds[:, :, -1]
-            last[last == FULL] = PARTIAL
+        kinds = self.ragged_partial_kinds
         if mask_mod is None:
             from .export import flex_mods
             mask_mod, _ = flex_mods(self.pattern, self.seq_q, self.seq_k, self.heads, self.inputs)

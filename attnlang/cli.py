@@ -63,7 +63,16 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--heads", type=int, default=16, help="heads for --block auto")
     compile_.add_argument("--head-dim", type=int, default=128, help="head dim for --block auto")
     compile_.add_argument("--tune-seq", type=int, default=16384, help="length for --block auto")
-    compile_.add_argument("-o", "--output", required=True, metavar="kernel.py")
+    compile_.add_argument("-o", "--output", metavar="kernel.py")
+    compile_.add_argument("--target", default="sm_90", metavar="SM", help="for --report: sm_80, sm_90, ...")
+    compile_.add_argument("--report", action="store_true",
+                          help="compile a launch's kernels for --target (no GPU needed) and print registers, "
+                               "spills, shared memory, SASS instructions per tile (uses --heads, --head-dim)")
+    compile_.add_argument("--json", action="store_true", help="the report as JSON (implies --report)")
+    compile_.add_argument("--seq", type=int, default=None, help="length of the launch (default: --tune-seq)")
+    compile_.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="for --report")
+    compile_.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=V*COUNT,...",
+                          help="a runtime input for --report, e.g. doc=0*8192,1*8192 (repeatable)")
     compile_.set_defaults(run=_run_compile)
 
     simulate = commands.add_parser("simulate", help="predict time and speedup on a GPU")
@@ -183,22 +192,43 @@ def _run_show(args) -> int:
 def _run_compile(args) -> int:
     pattern = _load_pattern(args)
     from codegen.runtime import _tile_shape
-    from codegen.template import standalone_source
+    from codegen.template import standalone_source, statement_origins
     if pattern.is_routed:
         raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
+    report = args.report or args.json
+    if not args.output and not report:
+        raise AttnlangError("compile needs -o kernel.py, or --report to compile for --target and print")
+    info = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the JSON alone
     if args.block == "auto":
         from .simulator import choose_block
         choice = choose_block(pattern, args.tune_seq, args.heads, args.head_dim, "bf16", args.hw)
-        print(choice.reason)
+        print(choice.reason, file=info)
         block = choice.block
     else:
         block = _tile_shape(tuple(_int_list("--block", args.block)) if "," in args.block
                             else int(_int_list("--block", args.block)[0]))
-    tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
-    Path(args.output).write_text(standalone_source(pattern.ir, block, tag))
-    print(f"wrote {args.output}: {pattern.label}, tiles {block[0]} x {block[1]}; "
-          f"call attention(q, k, v{', inputs={...}' if pattern.inputs else ''})")
+    if args.output:
+        Path(args.output).write_text(standalone_source(pattern.ir, block, statement_origins(pattern.decl)))
+        print(f"wrote {args.output}: {pattern.label}, tiles {block[0]} x {block[1]}; "
+              f"call attention(q, k, v{', inputs={...}' if pattern.inputs else ''})", file=info)
+    if report:
+        _print_target_report(args, pattern, block)
     return 0
+
+
+def _print_target_report(args, pattern: Pattern, block: tuple[int, int]) -> None:
+    """`compile --report`: the launch's kernels compiled for --target (codegen.targets)."""
+    import torch
+
+    from codegen.targets import resolve_target
+    target = resolve_target(args.target)
+    seq = args.tune_seq if args.seq is None else args.seq
+    _check_positive("--seq", seq)
+    inputs = _parse_inputs(args.inputs, pattern, seq) if pattern.inputs else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    kernel = pattern.compile(heads=args.heads, head_dim=args.head_dim, dtype=dtype, block=block)
+    result = kernel.compile_for(target, seq, inputs=inputs)
+    print(result.to_json() if args.json else result)
 
 
 def _run_simulate(args) -> int:

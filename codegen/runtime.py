@@ -21,7 +21,7 @@ import torch
 from attnlang.analysis import mask_depends_on_batch
 from attnlang.errors import AttnlangError
 
-from .template import standalone_source
+from .template import standalone_source, statement_origins
 
 __all__ = ["AttentionKernel", "cache_dir", "load_module"]
 
@@ -118,15 +118,20 @@ class AttentionKernel:
         self.pattern = pattern
         self.heads, self.heads_kv, self.head_dim, self.dtype = heads, heads_kv, head_dim, dtype
         self.block_m, self.block_n = _tile_shape(block)
-        tag = f"{pattern.decl.span.filename}:{pattern.decl.span.line}" if pattern.decl.span else ""
         # the module that runs: kernels, device-side tile classifier, autograd and launcher
-        self.source = standalone_source(pattern.ir, (self.block_m, self.block_n), tag)
+        self.source = standalone_source(pattern.ir, (self.block_m, self.block_n), statement_origins(pattern.decl))
         self._tables: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
 
     def standalone_source(self) -> str:
         """This kernel as a module that needs only torch and triton (`attnlang compile -o`)."""
         return self.source
+
+    def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):
+        """Every kernel a launch at these lengths runs, compiled for `target` ("sm_90", ...)
+        without a GPU: a `codegen.targets.TargetReport` (resources, fit, SASS cost per tile)."""
+        from .targets import compile_for
+        return compile_for(self, target, seq_q, seq_k, inputs, **options)
 
     def __repr__(self) -> str:
         return (f"<AttentionKernel {self.pattern.label} heads={self.heads} heads_kv={self.heads_kv} "
@@ -147,8 +152,8 @@ class AttentionKernel:
         if key not in self._tables:
             maps = self.block_maps(seq_q, seq_k, inputs, batch)
             self._tables[key] = {
-                "forward": [_stack([m._forward[kind] for m in maps], device) for kind in (1, 0)],
-                "backward": [_stack([m._backward[kind] for m in maps], device) for kind in (1, 0)],
+                direction: [_stack([m.kernel_tables[direction][kind] for m in maps], device) for kind in (0, 1)]
+                for direction in ("forward", "backward")} | {
                 "map_batch": len(maps),
                 "map_heads": maps[0].kinds.shape[0],
             }
