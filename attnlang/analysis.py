@@ -44,10 +44,10 @@ def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1
     checked = check_inputs(pattern, inputs, max(seq_q, seq_k), batch)
     check_input_indices(pattern, seq_q, seq_k, heads, (block_q, block_k), checked, batch)
     analyzer = _Analyzer(pattern, seq_q, seq_k, heads, block_q, block_k, checked, batch)
-    kinds = analyzer.run()
-    return BlockMap(kinds=kinds, seq_q=seq_q, seq_k=seq_k, heads=heads, block_q=block_q, block_k=block_k,
+    analyzer.run()
+    return BlockMap(dense=None, seq_q=seq_q, seq_k=seq_k, heads=heads, block_q=block_q, block_k=block_k,
                     pattern=pattern, inputs=checked, batch=batch, stats=analyzer.stats,
-                    seconds=time.perf_counter() - start)
+                    seconds=time.perf_counter() - start, tile_sets=analyzer.tile_sets)
 
 
 def _tile_shape(block) -> tuple[int, int]:
@@ -100,9 +100,11 @@ def check_input_indices(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: in
     for load, condition in input_index_ranges(pattern, lengths):
         check = replace(pattern, mask=condition)
         analyzer = _Analyzer(check, seq_q, seq_k, heads, block[0], block[1], inputs, batch)
-        kinds = analyzer.run()
-        if (kinds == FULL).all():
+        sets = analyzer.run()
+        tiles = analyzer.head_count * analyzer.tiles_q * analyzer.tiles_k
+        if not len(sets.partial) and sets.full.area().sum() == tiles:
             continue
+        kinds = BlockMap(None, seq_q, seq_k, heads, block[0], block[1], check, tile_sets=sets).kinds
         h, i, j = (int(x) for x in np.argwhere(kinds != FULL)[0])
         q = np.arange(i * block[0], min((i + 1) * block[0], seq_q))[:, None]
         k = np.arange(j * block[1], min((j + 1) * block[1], seq_k))[None, :]
@@ -111,6 +113,22 @@ def check_input_indices(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: in
         raise AttnlangError(f"index out of range for input '{load.input}' (length {len(inputs[load.input])}) "
                             f"at q={int(q[a, 0])}, k={int(k[0, c])}" + (f", h={h}" if kinds.shape[0] > 1 else "")
                             + "; every pair is evaluated, masked or not: clamp the index", load.span)
+
+
+@dataclass
+class TileSets:
+    """The analysis' own record of a block map: boxes of FULL tiles, as the quadtree decided
+    them, and the PARTIAL tiles. Their size follows the pattern's boundary, not its area, so
+    the kernels' tables are built from them without scanning the map."""
+
+    full: "_TileBoxes"
+    partial: "_TileBoxes"  # single tiles
+    map_heads: int  # heads of the map: 1 unless the mask reads h
+
+
+def _concatenate(parts: list["_TileBoxes"]) -> "_TileBoxes":
+    return _TileBoxes(*(np.concatenate([getattr(p, f) for p in parts]).astype(np.int64)
+                        for f in ("h", "q0", "q1", "k0", "k1")))
 
 
 @dataclass
@@ -159,28 +177,31 @@ class _Analyzer:
         self.constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads, "b": batch}
         self.ranges = {name: RangeMinMax(values) for name, values in inputs.items()}
         self.stats = {"reasoning": 0, "sampling": 0, "exact": 0}
+        self.tile_sets: TileSets | None = None  # the FULL boxes and PARTIAL tiles, once run
 
-    def run(self) -> np.ndarray:
-        # EMPTY is 0: np.zeros maps zeroed pages lazily, so untouched (empty) regions cost nothing
-        kinds = np.zeros((self.head_count, self.tiles_q, self.tiles_k), dtype=np.int8)
+    def run(self) -> TileSets:
+        """The FULL boxes and PARTIAL tiles; every other tile is EMPTY."""
         frontier = _TileBoxes(np.arange(self.head_count), np.zeros(self.head_count, np.int64),
                               np.full(self.head_count, self.tiles_q), np.zeros(self.head_count, np.int64),
                               np.full(self.head_count, self.tiles_k))
-        leaves = []
+        leaves, full = [], []
         while len(frontier):
             verdict = self._verdict(self._token_boxes(frontier))
             decided = verdict != UNKNOWN
             self.stats["reasoning"] += int(frontier.area()[decided].sum())
-            self._fill(kinds, frontier.select(verdict == FULL))
+            full.append(frontier.select(verdict == FULL))
             open_boxes = frontier.select(~decided)
             single = open_boxes.area() == 1
             leaves.append(open_boxes.select(single))
             frontier = open_boxes.select(~single).split()
         tiles = _TileBoxes(*(np.concatenate([getattr(p, f) for p in leaves]) for f in ("h", "q0", "q1", "k0", "k1")))
+        refined = np.empty(len(tiles), dtype=np.int8)
         for start in range(0, len(tiles), REFINE_CHUNK):  # chunks bound the memory of refinement
             chunk = tiles.select(slice(start, start + REFINE_CHUNK))
-            kinds[chunk.h, chunk.q0, chunk.k0] = self._refine(chunk)
-        return kinds
+            refined[start:start + REFINE_CHUNK] = self._refine(chunk)
+        full.append(tiles.select(refined == FULL))
+        self.tile_sets = TileSets(_concatenate(full), tiles.select(refined == PARTIAL), self.head_count)
+        return self.tile_sets
 
     # -- boxes ------------------------------------------------------------------------
 
@@ -193,12 +214,6 @@ class _Analyzer:
         lo = np.broadcast_to(bounds.lo, (len(boxes),))
         hi = np.broadcast_to(bounds.hi, (len(boxes),))
         return np.where(lo == 1, FULL, np.where(hi == 0, EMPTY, UNKNOWN)).astype(np.int8)
-
-    def _fill(self, kinds: np.ndarray, boxes: _TileBoxes) -> None:
-        single = boxes.area() == 1
-        kinds[boxes.h[single], boxes.q0[single], boxes.k0[single]] = FULL
-        for h, q0, q1, k0, k1 in zip(*(getattr(boxes.select(~single), f) for f in ("h", "q0", "q1", "k0", "k1"))):
-            kinds[h, q0:q1, k0:k1] = FULL
 
     # -- single tiles -----------------------------------------------------------------
 
@@ -348,12 +363,14 @@ class BlockMap:
 
     `kinds` is int8 `(H', ceil(seq_q / block_q), ceil(seq_k / block_k))` of EMPTY=0,
     PARTIAL=1, FULL=2, where H' is `heads` if the mask depends on `h`, else 1. A tile cut
-    by a ragged end is classified by its in-range pairs. The tables follow FlexAttention's
+    by a ragged end is classified by its in-range pairs. The analysis keeps its FULL boxes
+    and PARTIAL tiles (`tile_sets`) and builds the dense `kinds` only when something reads
+    it, so counts and the kernels' tables cost the boundary, not the area. The tables follow FlexAttention's
     layout — per row a count, then the indices, ascending, first — except that the index
     width is the largest row count rather than the number of tiles (`to_flex` pads).
     """
 
-    kinds: np.ndarray
+    dense: np.ndarray | None  # the kinds, if given; else built from `tile_sets` when first read
     seq_q: int
     seq_k: int
     heads: int
@@ -364,20 +381,42 @@ class BlockMap:
     batch: int = 0
     stats: dict = field(default_factory=dict)
     seconds: float = 0.0
+    tile_sets: TileSets | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.kinds.shape
+        if self.dense is not None:
+            return self.dense.shape
+        return (self.tile_sets.map_heads, -(-self.seq_q // self.block_q), -(-self.seq_k // self.block_k))
+
+    @functools.cached_property
+    def kinds(self) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense
+        # EMPTY is 0: np.zeros maps zeroed pages lazily, so untouched (empty) regions cost nothing
+        kinds = np.zeros(self.shape, dtype=np.int8)
+        full, partial = self.tile_sets.full, self.tile_sets.partial
+        single = full.area() == 1
+        kinds[full.h[single], full.q0[single], full.k0[single]] = FULL
+        boxes = full.select(~single)
+        for h, q0, q1, k0, k1 in zip(boxes.h, boxes.q0, boxes.q1, boxes.k0, boxes.k1):
+            kinds[h, q0:q1, k0:k1] = FULL
+        kinds[partial.h, partial.q0, partial.k0] = PARTIAL
+        return kinds
 
     @functools.cached_property
     def counts(self) -> dict:
+        if self.dense is None:
+            full = int(self.tile_sets.full.area().sum())
+            partial = len(self.tile_sets.partial)
+            return {"empty": int(np.prod(self.shape)) - full - partial, "partial": partial, "full": full}
         values = np.bincount(self.kinds.ravel(), minlength=3)
         return {"empty": int(values[EMPTY]), "partial": int(values[PARTIAL]), "full": int(values[FULL])}
 
     @property
     def tile_density(self) -> float:
         """Non-empty tiles over all tiles."""
-        return (self.counts["partial"] + self.counts["full"]) / self.kinds.size
+        return (self.counts["partial"] + self.counts["full"]) / int(np.prod(self.shape))
 
     # -- pairs ------------------------------------------------------------------------
 
@@ -501,10 +540,32 @@ class BlockMap:
 
     @functools.cached_property
     def kernel_tables(self) -> dict:
-        """Forward and transposed (FULL, PARTIAL) tables of `ragged_partial_kinds`."""
-        kinds = self.ragged_partial_kinds
-        forward, backward = _tables(kinds), _tables(kinds, transpose=True)
-        return {"forward": [forward[1], forward[0]], "backward": [backward[1], backward[0]]}
+        """What the kernels walk, per direction ("forward": rows are query tiles, "backward":
+        key tiles): `[(counts, runs), (counts, indices)]`. FULL tiles come as runs of adjacent
+        tiles, `runs[h, row, i] = (first, count)`; PARTIAL tiles as ascending index lists. A
+        tile cut by a ragged end is PARTIAL (`ragged_partial_kinds`). Built from the analysis'
+        boxes, so their size follows the boundary: one run a row for causal at any length."""
+        full, partial = self._kernel_tile_sets()
+        heads, tiles_q, tiles_k = self.shape
+        return {direction: [_run_table(full, heads, tiles_k if transpose else tiles_q, transpose),
+                            _index_table(partial, heads, tiles_k if transpose else tiles_q, transpose)]
+                for direction, transpose in (("forward", False), ("backward", True))}
+
+    def _kernel_tile_sets(self) -> tuple["_TileBoxes", "_TileBoxes"]:
+        """FULL boxes and PARTIAL tiles with the tiles cut by a ragged end moved to PARTIAL."""
+        sets = self.tile_sets or _tile_sets_from_kinds(self.kinds)
+        full, demoted = sets.full, [sets.partial]
+        for axis, ragged, tiles in (("q", self.seq_q % self.block_q, self.shape[1]),
+                                    ("k", self.seq_k % self.block_k, self.shape[2])):
+            if not ragged:
+                continue
+            last = getattr(full, f"{axis}1") == tiles
+            edge = full.select(last)
+            setattr(edge, f"{axis}0", np.full(len(edge), tiles - 1))
+            demoted.append(_single_tiles(edge))
+            setattr(full, f"{axis}1", np.where(last, tiles - 1, getattr(full, f"{axis}1")))
+            full = full.select(full.area() > 0)
+        return full, _concatenate(demoted)
 
     # -- FlexAttention ----------------------------------------------------------------
 
@@ -528,6 +589,70 @@ class BlockMap:
         tensors = [torch.from_numpy(array)[None] for table in forward + backward for array in table]
         return BlockMask((self.seq_q, self.seq_k), *tensors,
                          BLOCK_SIZE=(self.block_q, self.block_k), mask_mod=mask_mod)
+
+
+def _tile_sets_from_kinds(kinds: np.ndarray) -> TileSets:
+    """Every FULL tile as a box of its own (for a map built by hand, not by the analysis)."""
+    def tiles_of(kind):
+        h, i, j = np.nonzero(kinds == kind)
+        return _TileBoxes(h, i, i + 1, j, j + 1)
+    return TileSets(tiles_of(FULL), tiles_of(PARTIAL), kinds.shape[0])
+
+
+def _single_tiles(boxes: "_TileBoxes") -> "_TileBoxes":
+    """The tiles of boxes one tile high or wide, one by one."""
+    heights, widths = boxes.q1 - boxes.q0, boxes.k1 - boxes.k0
+    sizes = heights * widths
+    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    q = np.repeat(boxes.q0, sizes) + offset // np.repeat(widths, sizes)
+    k = np.repeat(boxes.k0, sizes) + offset % np.repeat(widths, sizes)
+    return _TileBoxes(np.repeat(boxes.h, sizes), q, q + 1, k, k + 1)
+
+
+def _rows_of(boxes: "_TileBoxes", transpose: bool):
+    """(head, row, first, count) for every row a box covers: rows are query tiles (key tiles
+    with `transpose`), and each row of a box is one run of columns."""
+    lo, hi, first, stop = ((boxes.k0, boxes.k1, boxes.q0, boxes.q1) if transpose
+                           else (boxes.q0, boxes.q1, boxes.k0, boxes.k1))
+    heights = hi - lo
+    offset = np.arange(heights.sum()) - np.repeat(np.cumsum(heights) - heights, heights)
+    return (np.repeat(boxes.h, heights), np.repeat(lo, heights) + offset, np.repeat(first, heights),
+            np.repeat(stop - first, heights))
+
+
+def _run_table(full: "_TileBoxes", heads: int, rows: int, transpose: bool):
+    """Per-row counts and (first, count) runs of FULL tiles, adjacent runs merged."""
+    h, row, first, count = _rows_of(full, transpose)
+    order = np.lexsort((first, row, h))
+    h, row, first, count = h[order], row[order], first[order], count[order]
+    key = h * rows + row
+    starts_run = np.ones(len(key), dtype=bool)
+    starts_run[1:] = (key[1:] != key[:-1]) | (first[1:] != first[:-1] + count[:-1])
+    where = np.flatnonzero(starts_run)
+    run_key, run_first = key[where], first[where]
+    run_count = np.add.reduceat(count, where) if len(where) else count[:0]
+    counts, position = _positions(run_key, heads * rows)
+    table = np.zeros((heads, rows, max(int(counts.max(initial=0)), 1), 2), dtype=np.int32)
+    table[run_key // rows, run_key % rows, position] = np.stack([run_first, run_count], axis=-1)
+    return counts.reshape(heads, rows), table
+
+
+def _index_table(tiles: "_TileBoxes", heads: int, rows: int, transpose: bool):
+    """Per-row counts and ascending indices of single tiles."""
+    row, col = (tiles.k0, tiles.q0) if transpose else (tiles.q0, tiles.k0)
+    order = np.lexsort((col, row, tiles.h))
+    key, col = (tiles.h * rows + row)[order], col[order]
+    counts, position = _positions(key, heads * rows)
+    table = np.zeros((heads, rows, max(int(counts.max(initial=0)), 1)), dtype=np.int32)
+    table[key // rows, key % rows, position] = col
+    return counts.reshape(heads, rows), table
+
+
+def _positions(sorted_keys: np.ndarray, size: int):
+    """Entries per key (int32) and each entry's position among its key's, for sorted keys."""
+    counts = np.bincount(sorted_keys, minlength=size).astype(np.int32)
+    firsts = np.cumsum(counts, dtype=np.int64) - counts
+    return counts, np.arange(len(sorted_keys)) - firsts[sorted_keys]
 
 
 TABLE_CHUNK_TILES = 1 << 22  # tiles scanned at once while building tables of a dense map

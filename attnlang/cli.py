@@ -303,7 +303,7 @@ def _run_analyze(args) -> int:
             at_n = complexity.evaluate(seq_q)
     report = {
         "pattern": pattern.name, "params": pattern.params, "seq_q": seq_q, "seq_k": seq_k, "heads": heads,
-        "heads_in_map": block_map.kinds.shape[0], "block_q": block, "block_k": block,
+        "heads_in_map": block_map.shape[0], "block_q": block, "block_k": block,
         "counts": block_map.counts, "tile_density": block_map.tile_density, "density": block_map.density(),
         "decided_by": block_map.stats, "seconds": block_map.seconds,
         "complexity": {"method": complexity.method, "big_o": complexity.big_o, "closed_form": closed_form,
@@ -314,9 +314,9 @@ def _run_analyze(args) -> int:
         print(json.dumps(report))
         return 0
     counts = block_map.counts
-    total = block_map.kinds.size
+    total = int(np.prod(block_map.shape))
     print(f"{pattern.label}   queries {seq_q} x keys {seq_k}, {heads} head(s), tiles {block} x {block}")
-    print(f"  tiles         {total:,} ({block_map.kinds.shape[0]} head map(s)): {counts['full']:,} full, "
+    print(f"  tiles         {total:,} ({block_map.shape[0]} head map(s)): {counts['full']:,} full, "
           f"{counts['partial']:,} partial, {counts['empty']:,} empty")
     print(f"  tile density  {block_map.tile_density:.4f}   (non-empty tiles / all tiles)")
     print(f"  density       {block_map.density():.4f}   (allowed pairs / all pairs, partial tiles sampled)")

@@ -42,8 +42,9 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def write_json(name: str, payload: dict) -> Path:
+def write_json(name: str, payload: dict, path: str | None = None) -> Path:
+    """Write `payload` to `path`, or to benchmarks/results/NAME.json."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = Path(path) if path else RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

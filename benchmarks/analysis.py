@@ -1,6 +1,8 @@
 """Block-map construction: attnlang's analysis vs FlexAttention's create_block_mask.
 
-Same patterns, lengths and 128 x 128 tiles, on the same machine, in one run. Every
+Same patterns, lengths and 128 x 128 tiles, on the same machine, in one run; attnlang's
+time includes the kernels' block tables (FlexAttention's index layout is built only by
+`BlockMap.to_flex()`, which create_block_mask's result corresponds to). Every
 measurement runs in a fresh child process (time: best of `--repeat`; memory: peak
 resident memory above the process's baseline after imports). create_block_mask runs
 under an address-space limit (`--flex-limit-gib`) and is recorded as out of memory where
@@ -45,9 +47,9 @@ def measure(tool: str, key: str, n: int, repeat: int) -> dict:
     pattern = attnlang.stdlib()[name].bind(**params)
     inputs = {"doc": documents(n)} if pattern.inputs else None
     if tool == "attnlang":
-        def run():
+        def run():  # the block map and the tables the kernels walk (FULL runs, PARTIAL lists)
             block_map = pattern.analyze(n, n, block=BLOCK, inputs=inputs)
-            block_map.tables()
+            block_map.kernel_tables
             return block_map
     else:
         import torch

@@ -105,6 +105,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--sdpa-max-mask-gib", type=float, default=8.0)
     parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--out", default=None, help="where the JSON goes (default benchmarks/results/kernels.json)")
     args = parser.parse_args()
     if args.smoke:
         device, dtype = torch.device("cpu"), torch.float32
@@ -127,7 +128,7 @@ def main():
     payload = {"benchmark": "kernels", "environment": environment(), "smoke": args.smoke,
                "heads": args.heads, "head_dim": args.head_dim, "dtype": str(dtype),
                "block": [args.block_m, args.block_n], "rows": rows}
-    print("wrote", write_json("kernels_smoke" if args.smoke else "kernels", payload))
+    print("wrote", write_json("kernels_smoke" if args.smoke else "kernels", payload, args.out))
 
 
 if __name__ == "__main__":

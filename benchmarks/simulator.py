@@ -30,6 +30,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", required=True, help="a calibrated profile (JSON or TOML) or a name")
     parser.add_argument("--measured", default=str(RESULTS / "kernels.json"))
+    parser.add_argument("--out", default=None, help="where the JSON goes (default benchmarks/results/simulator.json)")
     args = parser.parse_args()
     measured_path = Path(args.measured)
     if not measured_path.exists():
@@ -61,7 +62,8 @@ def main():
                "worst_abs_error": float(np.max(errors)) if errors else None, "points": len(errors)}
     print(summary)
     write_json("simulator", {"benchmark": "simulator", "environment": environment(), "profile": args.profile,
-                             "measured_on": measured["environment"], "summary": summary, "rows": rows})
+                             "measured_on": measured["environment"], "summary": summary, "rows": rows},
+               args.out)
 
 
 if __name__ == "__main__":

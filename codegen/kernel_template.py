@@ -16,7 +16,8 @@ Glossary:
     _dlogit        d logit / d score, natural units, as a function of the log2-unit score
     m_i, l_i, acc  running row maximum (log2 units), row sum of exp2, output accumulator
     FULL_*/PART_*  block tables, one row per (map batch, map head, tile row): a count, then
-                   tile indices, ascending. FULL tiles lie wholly inside both lengths and
+                   for FULL tiles runs of adjacent tiles (first, count), for PARTIAL tiles
+                   their indices, ascending. FULL tiles lie wholly inside both lengths and
                    allow every pair: no mask, no bounds, no masked loads. PARTIAL tiles (a
                    tile cut by a ragged end is one) evaluate the mask and the bounds.
     MAP_HEADS      HEADS when the mask reads h, else 1 (rows of the block tables)
@@ -167,6 +168,15 @@ def _load_tile(base, offs, length, stride, HEAD_DIM: tl.constexpr, HEAD_DIM_P: t
 
 
 @triton.jit
+def _table_entry(IDX, width, row, i, PARTIAL: tl.constexpr):
+    """Entry i of a table row: a PARTIAL tile (first, 1), or a run of FULL tiles (first, count)."""
+    if PARTIAL:
+        return tl.load(IDX + row * width + i), 1
+    entry = IDX + (row * width + i) * 2
+    return tl.load(entry), tl.load(entry + 1)
+
+
+@triton.jit
 def _table_row(start, off_b, off_h, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr):
     """The block-table row of tile row `start`: per head only if the mask reads h, per batch
     entry only if the map is per batch."""
@@ -187,28 +197,29 @@ def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos
                    PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
     """The online softmax over the tiles of one table (FULL or PARTIAL) of this tile row."""
     for i in range(tl.load(NUM + row)):
-        start_n = tl.load(IDX + row * width + i) * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_pos = offs_n[None, :]
-        # -- load the key/value tile --
-        k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-        v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-        # -- the logits, in log2 units --
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        score = _logit2(qk * qk_scale, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
-                        HEADS)
-        if PARTIAL:
-            allowed = (k_pos < N_K) & _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
-                                            INPUT_LEN, HEADS)
-            score = tl.where(allowed, score, float("-inf"))
-        # -- online softmax: a row with nothing allowed yet keeps m_i = -inf and sums 0 --
-        m_new = tl.maximum(m_i, tl.max(score, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(score - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        first, count = _table_entry(IDX, width, row, i, PARTIAL)
+        for j in range(count):
+            offs_n = (first + j) * BLOCK_N + tl.arange(0, BLOCK_N)
+            k_pos = offs_n[None, :]
+            # -- load the key/value tile --
+            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            # -- the logits, in log2 units --
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            score = _logit2(qk * qk_scale, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                            HEADS)
+            if PARTIAL:
+                allowed = (k_pos < N_K) & _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
+                                                INPUT_LEN, HEADS)
+                score = tl.where(allowed, score, float("-inf"))
+            # -- online softmax: a row with nothing allowed yet keeps m_i = -inf and sums 0 --
+            m_new = tl.maximum(m_i, tl.max(score, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(score - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
     return acc, l_i, m_i
 
 
@@ -294,16 +305,17 @@ def _backward_kv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, NUM, IDX, width, row, k_
                        LOGIT_IS_SCORE: tl.constexpr):
     """dK and dV of one key tile from the query tiles of one transposed table."""
     for i in range(tl.load(NUM + row)):
-        start_m = tl.load(IDX + row * width + i) * BLOCK_M
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_pos = offs_m[:, None]
-        q = _load_tile(Q, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-        do = _load_tile(DO, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-        lse2, delta = _row_statistics(Lse, Delta, offs_m, offs_m < N_Q)
-        p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                               stride_input, INPUT_LEN, HEADS, PARTIAL, PRECISION, LOGIT_IS_SCORE)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        first, count = _table_entry(IDX, width, row, i, PARTIAL)
+        for j in range(count):
+            offs_m = (first + j) * BLOCK_M + tl.arange(0, BLOCK_M)
+            q_pos = offs_m[:, None]
+            q = _load_tile(Q, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            do = _load_tile(DO, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            lse2, delta = _row_statistics(Lse, Delta, offs_m, offs_m < N_Q)
+            p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
+                                   stride_input, INPUT_LEN, HEADS, PARTIAL, PRECISION, LOGIT_IS_SCORE)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     return dk, dv
 
 
@@ -355,14 +367,15 @@ def _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, NUM, IDX, width, r
                       PARTIAL: tl.constexpr, PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr):
     """dQ of one query tile from the key tiles of one forward table."""
     for i in range(tl.load(NUM + row)):
-        start_n = tl.load(IDX + row * width + i) * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_pos = offs_n[None, :]
-        k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-        v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-        p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                               stride_input, INPUT_LEN, HEADS, PARTIAL, PRECISION, LOGIT_IS_SCORE)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        first, count = _table_entry(IDX, width, row, i, PARTIAL)
+        for j in range(count):
+            offs_n = (first + j) * BLOCK_N + tl.arange(0, BLOCK_N)
+            k_pos = offs_n[None, :]
+            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
+                                   stride_input, INPUT_LEN, HEADS, PARTIAL, PRECISION, LOGIT_IS_SCORE)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return dq
 
 
@@ -427,12 +440,24 @@ def classify_tiles(Kinds, INPUTS, stride_input, stride_input_b, INPUT_LEN, INPUT
     tl.store(Kinds + (tl.program_id(2) * tl.num_programs(0) + start_m) * tl.num_programs(1) + start_n, kind)
 
 
-def _tables_from_kinds(kinds, kind):
-    """Per-row counts and ascending indices (FlexAttention's layout) of the tiles of `kind`."""
-    selected = kinds == kind
+def _indices(selected):
+    """Per-row counts and ascending column indices of the selected tiles."""
     counts = selected.sum(-1).to(torch.int32)
     order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return counts.contiguous(), order.contiguous()
+    return counts.contiguous(), order[..., :max(int(counts.max()), 1)].contiguous()
+
+
+def _runs(selected):
+    """Per-row counts and (first, count) runs of adjacent selected tiles."""
+    before = torch.nn.functional.pad(selected[..., :-1], (1, 0))
+    after = torch.nn.functional.pad(selected[..., 1:], (0, 1))
+    counts, firsts = _indices(selected & ~before)
+    _, lasts = _indices(selected & ~after)
+    return counts, torch.stack([firsts, lasts - firsts + 1], dim=-1).contiguous()
+
+
+def _kernel_tables(kinds):
+    return [_runs(kinds == 2), _indices(kinds == 1)]
 
 
 def stack_inputs(inputs, device):
@@ -468,8 +493,7 @@ def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=
         raise IndexError("an input index is out of range at some pair of the matrix (masked or not); clamp it "
                          f"(the pattern reads {INPUT_READS})")
     transposed = kinds.transpose(-1, -2).contiguous()
-    return {"forward": [_tables_from_kinds(kinds, 2), _tables_from_kinds(kinds, 1)],
-            "backward": [_tables_from_kinds(transposed, 2), _tables_from_kinds(transposed, 1)],
+    return {"forward": _kernel_tables(kinds), "backward": _kernel_tables(transposed),
             "map_batch": batches, "map_heads": map_heads}
 
 
@@ -483,8 +507,8 @@ def launch_meta(tables, heads, heads_kv, head_dim, dtype, block_m, block_n):
 
 
 def _table_arguments(tables, direction):
-    (full_num, full_idx), (part_num, part_idx) = tables[direction]
-    return [full_num, full_idx, full_idx.shape[-1], part_num, part_idx, part_idx.shape[-1]]
+    (full_num, full_runs), (part_num, part_idx) = tables[direction]
+    return [full_num, full_runs, full_runs.shape[-2], part_num, part_idx, part_idx.shape[-1]]
 
 
 def _input_arguments(stacked_inputs):

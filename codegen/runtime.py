@@ -155,7 +155,7 @@ class AttentionKernel:
                 direction: [_stack([m.kernel_tables[direction][kind] for m in maps], device) for kind in (0, 1)]
                 for direction in ("forward", "backward")} | {
                 "map_batch": len(maps),
-                "map_heads": maps[0].kinds.shape[0],
+                "map_heads": maps[0].shape[0],
             }
         return self._tables[key]
 
@@ -210,11 +210,12 @@ def _checked_inputs(pattern, inputs, length: int) -> None:
 
 
 def _stack(tables, device):
-    """Per-batch (counts, indices) → int32 device tensors (maps, heads, rows[, width])."""
-    width = max(indices.shape[-1] for _, indices in tables)
+    """Per-batch (counts, entries) → int32 device tensors (maps, heads, rows, width[, 2]);
+    entries are indices, or (first, count) runs."""
+    width = max(entries.shape[2] for _, entries in tables)
     counts = np.stack([c for c, _ in tables])
-    indices = np.zeros((len(tables),) + tables[0][1].shape[:2] + (width,), dtype=np.int32)
+    indices = np.zeros((len(tables),) + tables[0][1].shape[:2] + (width,) + tables[0][1].shape[3:], dtype=np.int32)
     for i, (_, idx) in enumerate(tables):
-        indices[i, :, :, :idx.shape[-1]] = idx
+        indices[i, :, :, :idx.shape[2]] = idx
     return (torch.from_numpy(np.ascontiguousarray(counts)).to(device),
             torch.from_numpy(indices).to(device))

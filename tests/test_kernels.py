@@ -184,14 +184,14 @@ def test_standalone_module_fills_its_tables_on_the_device(tmp_path):
     spec.loader.exec_module(module)
     tables = module.block_tables(70, 53, 3, {}, torch.device("cpu"), 16, 16)
     block_map = pattern.analyze(70, 53, heads=3, block=16)
-    counts, indices = tables["forward"][0]  # full tiles
-    assert counts.shape == (1, 3, 5)
-    expected_counts, expected_indices = block_map.kernel_tables["forward"][0]
-    assert (counts[0].numpy() == expected_counts).all()
-    for h in range(3):
-        for row in range(5):
-            n = counts[0, h, row]
-            assert indices[0, h, row, :n].tolist() == expected_indices[h, row, :n].tolist()
+    for direction in ("forward", "backward"):
+        for kind in (0, 1):  # FULL runs, PARTIAL indices
+            counts, entries = tables[direction][kind]
+            expected_counts, expected_entries = block_map.kernel_tables[direction][kind]
+            assert (counts[0].numpy() == expected_counts).all(), (direction, kind)
+            for h, row in np.ndindex(*expected_counts.shape):
+                n = int(expected_counts[h, row])
+                assert entries[0, h, row, :n].tolist() == expected_entries[h, row, :n].tolist(), (direction, kind)
 
 
 def test_cpu_tensors_without_the_interpreter_get_a_clear_error():
