@@ -17,8 +17,9 @@ exactly (the reference), and hands one typed IR to the analysis and code generat
 from .analysis import EMPTY, FULL, PARTIAL, BlockMap
 from .errors import AttnlangError
 from .ir import PatternIR
+from .mask_mod import from_mask_mod
 from .pattern import Module, Pattern, check_module, load, parse, stdlib, stdlib_dir
 
 __all__ = ["AttnlangError", "Module", "Pattern", "PatternIR", "BlockMap", "EMPTY", "PARTIAL", "FULL",
-           "parse", "load", "stdlib", "stdlib_dir", "check_module"]
+           "parse", "load", "stdlib", "stdlib_dir", "check_module", "from_mask_mod"]
 __version__ = "0.1.0"

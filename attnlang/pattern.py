@@ -34,6 +34,8 @@ class Pattern:
             values[name] = coerce_param(decl, name, value)
         self._params = values
         self.ir: ir.PatternIR = lower_pattern(decl, values, module)
+        # inputs used when a call gives none (a traced mask_mod's captured tensors)
+        self.default_inputs: dict = {}
 
     # -- identity ---------------------------------------------------------------------
 
@@ -86,7 +88,13 @@ class Pattern:
 
     def bind(self, **params) -> "Pattern":
         """A copy with some parameters rebound; unknown or ill-typed ones raise `AttnlangError`."""
-        return Pattern(self.decl, self.module, {**self._params, **params})
+        bound = Pattern(self.decl, self.module, {**self._params, **params})
+        bound.default_inputs = self.default_inputs
+        return bound
+
+    def inputs_or_defaults(self, inputs):
+        """`inputs`, or the pattern's default inputs when none are given."""
+        return self.default_inputs if inputs is None and self.default_inputs else inputs
 
     def __repr__(self) -> str:
         return f"<Pattern {self.label}>"
@@ -110,7 +118,7 @@ class Pattern:
         _check_positive("seq_q", seq_q)
         _check_positive("seq_k", seq_k)
         _check_positive("heads", heads)
-        checked = reference.check_inputs(self.ir, inputs, max(seq_q, seq_k), batch)
+        checked = reference.check_inputs(self.ir, self.inputs_or_defaults(inputs), max(seq_q, seq_k), batch)
         static = reference.mask_block(self.ir, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                       checked, batch=batch)
         if not self.is_routed or static_only:
@@ -134,7 +142,8 @@ class Pattern:
         For a routing pattern this is the static map the routing chooses from.
         """
         from .analysis import analyze_blocks
-        return analyze_blocks(self.ir, seq_q, seq_q if seq_k is None else seq_k, heads, block, inputs, batch)
+        return analyze_blocks(self.ir, seq_q, seq_q if seq_k is None else seq_k, heads, block,
+                              self.inputs_or_defaults(inputs), batch)
 
     def complexity(self, fit_lengths: tuple[int, ...] = (2048, 4096, 8192, 16384), heads: int = 8):
         """Allowed pairs at n_q = n_k = n: a sympy closed form in n and the parameters where
@@ -199,7 +208,7 @@ class Pattern:
         need them as int arrays or tensors. `flex_source` shows the code.
         """
         from .export import flex_mods
-        return flex_mods(self.ir, seq_q, seq_k, heads, inputs)
+        return flex_mods(self.ir, seq_q, seq_k, heads, self.inputs_or_defaults(inputs))
 
     def flex_source(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None) -> str:
         """The Python source of `flex_mods`: a readable module with `mask_mod` and `score_mod`."""
@@ -213,7 +222,7 @@ class Pattern:
         computed in float64, others in float32; the result has q's dtype. Fully masked rows
         give 0 (and LSE -inf with `return_lse=True`); gradients flow through torch autograd.
         """
-        return reference.reference_attention(self.ir, q, k, v, inputs, scale, return_lse)
+        return reference.reference_attention(self.ir, q, k, v, self.inputs_or_defaults(inputs), scale, return_lse)
 
 
 _KERNELS: dict = {}

@@ -165,6 +165,7 @@ class AttentionKernel:
         self._check(q, k, v)
         batch, _, seq_q, _ = q.shape
         seq_k = k.shape[2]
+        inputs = self.pattern.inputs_or_defaults(inputs)
         _checked_inputs(self.pattern, inputs, max(seq_q, seq_k))
         tables = self.tables(seq_q, seq_k, inputs, batch, q.device)
         # the same module `attnlang compile` writes, given the analysis' tables
