@@ -17,7 +17,7 @@ from .printer import print_pattern
 if TYPE_CHECKING:
     from .analysis import BlockMap
 
-__all__ = ["Module", "Pattern", "parse", "load", "stdlib", "stdlib_dir", "check_module"]
+__all__ = ["Module", "Pattern", "parse", "load", "stdlib", "stdlib_dir", "check_module", "attention"]
 
 
 class Pattern:
@@ -172,29 +172,31 @@ class Pattern:
         return Complexity(self.label, "fitted", label, exponent=exponent, fitted_lengths=tuple(fit_lengths),
                           reason=reason)
 
-    def compile(self, heads: int, head_dim: int, heads_kv: int | None = None, dtype=None, block=64,
-                *, tune_seq: int = 16384, hardware="h100"):
+    def compile(self, heads: int | None = None, head_dim: int | None = None, heads_kv: int | None = None,
+                dtype=None, block=64, *, tune_seq: int = 16384, hardware="h100"):
         """A fused Triton kernel (forward and backward) for this pattern: an `AttentionKernel`.
 
-        `kernel(q, k, v, inputs=None, scale=None, return_lse=False)`; its block tables are
-        built for each length on first use. Kernels are cached by IR and specialization;
-        `kernel.source` is the generated Triton code. `block="auto"` picks the tile shape
-        with the lowest simulated time at `tune_seq` on `hardware`; `kernel.block_choice`
-        says why.
+        `kernel(q, k, v, inputs=None, scale=None, return_lse=False)` takes heads, GQA groups,
+        head dim and dtype from the tensors; any of `heads`, `head_dim`, `heads_kv`, `dtype`
+        given here is a pin the tensors must match. Its block tables are built for each
+        length on first use. Kernels are cached by IR, pins and block; `kernel.source` is the
+        generated Triton code. `block="auto"` picks the tile shape with the lowest simulated
+        time at `tune_seq` on `hardware` (for the pinned head count and dim, else 16 and 128,
+        bf16); `kernel.block_choice` says why.
         """
         import torch
 
         from codegen.runtime import AttentionKernel
-        dtype = torch.float32 if dtype is None else dtype
         choice = None
         if block == "auto":
             from .simulator import choose_block
             names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-            choice = choose_block(self, tune_seq, heads, head_dim, names.get(dtype, "bf16"), hardware)
+            choice = choose_block(self, tune_seq, heads or 16, head_dim or 128, names.get(dtype, "bf16"), hardware)
             block = choice.block
         key = (self.ir, heads, head_dim, heads_kv, dtype, block if isinstance(block, int) else tuple(block))
         if key not in _KERNELS:
             _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block)
+            _KERNELS[key].pattern = self  # default inputs travel with the pattern object
         kernel = _KERNELS[key]
         if choice is not None:
             kernel.block_choice = choice
@@ -226,6 +228,14 @@ class Pattern:
 
 
 _KERNELS: dict = {}
+
+
+def attention(q, k, v, pattern: "Pattern", *, inputs=None, scale=None, return_lse: bool = False, block=64):
+    """`pattern`'s attention through its fused kernel: heads, GQA groups, head dim and dtype
+    from the tensors, the kernel compiled once per pattern and block (`Pattern.compile`)."""
+    if not isinstance(pattern, Pattern):
+        raise AttnlangError(f"attention() takes a Pattern as its fourth argument, got {type(pattern).__name__}")
+    return pattern.compile(block=block)(q, k, v, inputs=inputs, scale=scale, return_lse=return_lse)
 
 
 def _format_value(value) -> str:

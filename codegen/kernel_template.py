@@ -516,44 +516,59 @@ def _input_arguments(stacked_inputs):
     return [stacked, stacked.shape[1] * stacked.shape[2], stride_b, length]
 
 
+def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
+    """Output and LSE of contiguous q, k, v (no autograd); builds the tables if not given."""
+    launch = launch or DEFAULT_LAUNCH
+    batch, heads, seq_q, head_dim = q.shape
+    heads_kv, seq_k = k.shape[1], k.shape[2]
+    if tables is None:
+        tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n, batch)
+    meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
+    attention_forward[(triton.cdiv(seq_q, block_m), batch * heads)](
+        q, k, v, out, lse, *_table_arguments(tables, "forward"), *_input_arguments(stack_inputs(inputs, q.device)),
+        scale, seq_q, seq_k, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **meta,
+        **launch["forward"])
+    return out, lse, tables
+
+
+def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tables, launch=None):
+    """dq, dk, dv of contiguous tensors, given the output gradient and (or None) the LSE's."""
+    launch = launch or DEFAULT_LAUNCH
+    batch, heads, seq_q, head_dim = q.shape
+    heads_kv, seq_k = k.shape[1], k.shape[2]
+    dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+    delta = (dout.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    delta = delta.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+    meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
+    stacked = _input_arguments(stack_inputs(inputs, q.device))
+    attention_backward_kv[(triton.cdiv(seq_k, block_n), batch * heads_kv)](
+        q, k, v, dout, lse, delta, dk, dv, *_table_arguments(tables, "backward"), *stacked, scale,
+        seq_q, seq_k, *strides, HEADS_KV=heads_kv, **meta, **launch["backward_kv"])
+    attention_backward_q[(triton.cdiv(seq_q, block_m), batch * heads)](
+        q, k, v, dout, lse, delta, dq, *_table_arguments(tables, "forward"), *stacked, scale,
+        seq_q, seq_k, *strides, **meta, **launch["backward_q"])
+    return dq, dk, dv
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, inputs, scale, block_m, block_n, tables, launch):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        batch, heads, seq_q, head_dim = q.shape
-        heads_kv, seq_k = k.shape[1], k.shape[2]
-        if tables is None:
-            tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n, batch)
-        stacked = stack_inputs(inputs, q.device)
-        meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
-        out = torch.empty_like(q)
-        lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
-        attention_forward[(triton.cdiv(seq_q, block_m), batch * heads)](
-            q, k, v, out, lse, *_table_arguments(tables, "forward"), *_input_arguments(stacked), scale, seq_q, seq_k,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **meta, **launch["forward"])
+        out, lse, tables = forward(q, k, v, inputs, scale, block_m, block_n, tables, launch)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.tables, ctx.stacked, ctx.scale, ctx.meta, ctx.launch = tables, stacked, scale, meta, launch
+        ctx.arguments = (inputs, scale, block_m, block_n, tables, launch)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        batch, heads, seq_q, _ = q.shape
-        heads_kv, seq_k = k.shape[1], k.shape[2]
-        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
-        delta = (dout.float() * out.float()).sum(-1)
-        if dlse is not None:
-            delta = delta - dlse.float()
-        delta = delta.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        meta, inputs = ctx.meta, _input_arguments(ctx.stacked)
-        attention_backward_kv[(triton.cdiv(seq_k, meta["BLOCK_N"]), batch * heads_kv)](
-            q, k, v, dout, lse, delta, dk, dv, *_table_arguments(ctx.tables, "backward"), *inputs, ctx.scale,
-            seq_q, seq_k, *strides, HEADS_KV=heads_kv, **meta, **ctx.launch["backward_kv"])
-        attention_backward_q[(triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, dout, lse, delta, dq, *_table_arguments(ctx.tables, "forward"), *inputs, ctx.scale,
-            seq_q, seq_k, *strides, **meta, **ctx.launch["backward_q"])
+        dq, dk, dv = backward(q, k, v, out, lse, dout, dlse, *ctx.arguments)
         return dq, dk, dv, None, None, None, None, None, None
 
 

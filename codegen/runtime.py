@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import importlib.util
 import os
 import sys
@@ -21,6 +22,7 @@ import torch
 from attnlang.analysis import mask_depends_on_batch
 from attnlang.errors import AttnlangError
 
+from . import op
 from .template import standalone_source, statement_origins
 
 __all__ = ["AttentionKernel", "cache_dir", "load_module"]
@@ -95,23 +97,24 @@ def _tile_shape(block) -> tuple[int, int]:
 class AttentionKernel:
     """A compiled attention pattern: `kernel(q, k, v, inputs=None, scale=None, return_lse=False)`.
 
-    q: (B, heads, N_q, head_dim); k, v: (B, heads_kv, N_k, head_dim), all of `dtype`. The
-    result is differentiable (fused backward kernels, deterministic). It runs the very module
-    `attnlang compile` writes, handing it the analysis' block tables instead of letting the
-    module classify tiles on the device.
+    q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D) of q's dtype, H_kv dividing H (grouped-query
+    attention). Heads, groups, head dim and dtype come from the tensors at each call, so one
+    kernel serves them all; `heads`, `heads_kv`, `head_dim` and `dtype` given here are pins
+    that calls must match. The call is the custom op `attnlang::attention` (`codegen.op`):
+    differentiable (fused backward kernels, deterministic) and traceable by `torch.compile`.
+    It runs the very module `attnlang compile` writes, handing it the analysis' block tables.
     """
 
-    def __init__(self, pattern, heads: int, head_dim: int, heads_kv: int | None = None,
-                 dtype=torch.float32, block=64):
-        heads_kv = heads if heads_kv is None else heads_kv
+    def __init__(self, pattern, heads: int | None = None, head_dim: int | None = None, heads_kv: int | None = None,
+                 dtype=None, block=64):
         for name, value in (("heads", heads), ("heads_kv", heads_kv), ("head_dim", head_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise AttnlangError(f"{name} must be a positive int, got {value!r}")
-        if heads % heads_kv:
+        if heads is not None and heads_kv is not None and heads % heads_kv:
             raise AttnlangError(f"heads_kv ({heads_kv}) must divide heads ({heads})")
-        if not 16 <= head_dim <= 256:
-            raise AttnlangError(f"head_dim must be between 16 and 256, got {head_dim}")
-        if dtype not in DTYPES:
+        if head_dim is not None and head_dim > 256:
+            raise AttnlangError(f"head_dim must be at most 256, got {head_dim}")
+        if dtype is not None and dtype not in DTYPES:
             raise AttnlangError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype}")
         if pattern.is_routed:
             raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
@@ -122,6 +125,8 @@ class AttentionKernel:
         self.source = standalone_source(pattern.ir, (self.block_m, self.block_n), statement_origins(pattern.decl))
         self._tables: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
+        self.launch = None  # num_warps and num_stages per kernel; None: the module's defaults
+        self._key = op.register(self)
 
     def standalone_source(self) -> str:
         """This kernel as a module that needs only torch and triton (`attnlang compile -o`)."""
@@ -134,23 +139,29 @@ class AttentionKernel:
         return compile_for(self, target, seq_q, seq_k, inputs, **options)
 
     def __repr__(self) -> str:
-        return (f"<AttentionKernel {self.pattern.label} heads={self.heads} heads_kv={self.heads_kv} "
-                f"head_dim={self.head_dim} dtype={DTYPES[self.dtype]} block={self.block_m}x{self.block_n}>")
+        pins = ", ".join(f"{name}={value}" for name, value in (
+            ("heads", self.heads), ("heads_kv", self.heads_kv), ("head_dim", self.head_dim),
+            ("dtype", DTYPES.get(self.dtype))) if value is not None)
+        return f"<AttentionKernel {self.pattern.label} block={self.block_m}x{self.block_n}{' ' + pins if pins else ''}>"
 
     # -- block tables -----------------------------------------------------------------
 
-    def block_maps(self, seq_q: int, seq_k: int, inputs=None, batch: int = 1):
-        """The analysis' block maps for these lengths: one, or one per batch row of inputs."""
+    def block_maps(self, seq_q: int, seq_k: int, inputs=None, batch: int = 1, heads: int | None = None):
+        """The analysis' block maps for these lengths: one, or one per batch entry (when the
+        mask reads b or an input has a row per batch entry)."""
+        heads = heads or self.heads or 1
         per_batch = mask_depends_on_batch(self.pattern.ir) or any(
             np.asarray(_numpy(v)).ndim == 2 for v in (inputs or {}).values())
         rows = range(batch) if per_batch else range(1)
-        return [self.pattern.analyze(seq_q, seq_k, self.heads, (self.block_m, self.block_n), inputs, batch=b)
+        return [self.pattern.analyze(seq_q, seq_k, heads, (self.block_m, self.block_n), inputs, batch=b)
                 for b in rows]
 
-    def tables(self, seq_q: int, seq_k: int, inputs, batch: int, device):
-        key = (seq_q, seq_k, _inputs_key(inputs), batch, str(device))
+    def tables(self, seq_q: int, seq_k: int, inputs, batch: int, device, heads: int | None = None):
+        """The kernels' block tables on `device`, cached per lengths, inputs, batch and heads."""
+        heads = heads or self.heads or 1
+        key = (seq_q, seq_k, _inputs_key(inputs), batch, str(device), heads)
         if key not in self._tables:
-            maps = self.block_maps(seq_q, seq_k, inputs, batch)
+            maps = self.block_maps(seq_q, seq_k, inputs, batch, heads)
             self._tables[key] = {
                 direction: [_stack([m.kernel_tables[direction][kind] for m in maps], device) for kind in (0, 1)]
                 for direction in ("forward", "backward")} | {
@@ -163,29 +174,75 @@ class AttentionKernel:
 
     def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
         self._check(q, k, v)
-        batch, _, seq_q, _ = q.shape
+        runtime_inputs = self._input_list(self.pattern.inputs_or_defaults(inputs), q.device)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        out, lse = op.attention_op(q, k, v, runtime_inputs, self._key, scale)
+        return (out, lse) if return_lse else out
+
+    def run_forward(self, q, k, v, runtime_inputs, scale: float):
+        """The forward launch, inside the custom op: inputs checked, tables built or cached."""
+        inputs = dict(zip(self.pattern.inputs, runtime_inputs))
+        batch, heads, seq_q, _ = q.shape
         seq_k = k.shape[2]
-        inputs = self.pattern.inputs_or_defaults(inputs)
         _checked_inputs(self.pattern, inputs, max(seq_q, seq_k))
-        tables = self.tables(seq_q, seq_k, inputs, batch, q.device)
-        # the same module `attnlang compile` writes, given the analysis' tables
-        module = load_module(self.source, self.pattern.slug, interpret=q.device.type != "cuda")
-        tensors = {name: torch.as_tensor(_numpy(values)) for name, values in (inputs or {}).items()}
-        return module.attention(q, k, v, inputs=tensors,
-                                scale=scale, return_lse=return_lse, block_m=self.block_m, block_n=self.block_n,
-                                tables=tables)
+        tables = self.tables(seq_q, seq_k, inputs, batch, q.device, heads)
+        # head dims below 16 run as 16 with zero columns: the kernels mask them on load and store
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse, _ = self._module(q.device).forward(q, k, v, inputs, scale, self.block_m, self.block_n, tables,
+                                                     self.launch)
+        return out, lse
+
+    def run_backward(self, q, k, v, out, lse, dout, dlse, runtime_inputs, scale: float):
+        inputs = dict(zip(self.pattern.inputs, runtime_inputs))
+        batch, heads, seq_q, _ = q.shape
+        tables = self.tables(seq_q, k.shape[2], inputs, batch, q.device, heads)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        return self._module(q.device).backward(q, k, v, out.contiguous(), lse.contiguous(), dout.contiguous(),
+                                               dlse.contiguous(), inputs, scale, self.block_m, self.block_n, tables,
+                                               self.launch)
+
+    def _module(self, device):
+        # the same module `attnlang compile` writes: interpreted for CPU tensors
+        return load_module(self.source, self.pattern.slug, interpret=device.type != "cuda")
+
+    def _input_list(self, inputs, device) -> list:
+        """The runtime inputs in declaration order, as int64 tensors on `device`."""
+        inputs = dict(inputs or {})
+        missing = [name for name in self.pattern.inputs if name not in inputs]
+        if missing:
+            raise AttnlangError(f"pattern '{self.pattern.name}' needs input '{missing[0]}': pass inputs={{"
+                                f"'{missing[0]}': ...}} with one int per token")
+        unknown = [name for name in inputs if name not in self.pattern.inputs]
+        if unknown:
+            raise AttnlangError(f"pattern '{self.pattern.name}' has no input '{unknown[0]}' "
+                                f"(its inputs: {', '.join(self.pattern.inputs) or 'none'})")
+        return [torch.as_tensor(inputs[name]).to(device=device, dtype=torch.int64) for name in self.pattern.inputs]
 
     def _check(self, q, k, v):
         for name, t in (("q", q), ("k", k), ("v", v)):
             if not isinstance(t, torch.Tensor) or t.dim() != 4:
                 raise AttnlangError(f"{name} must be a 4-D tensor (batch, heads, tokens, head_dim)")
-            if t.dtype != self.dtype:
-                raise AttnlangError(f"{name} is {t.dtype}, but the kernel was compiled for {self.dtype}")
-        if q.shape[1] != self.heads or q.shape[3] != self.head_dim:
-            raise AttnlangError(f"q must have {self.heads} heads of dim {self.head_dim}, got shape {tuple(q.shape)}")
-        expected = (q.shape[0], self.heads_kv, k.shape[2], self.head_dim)
-        if tuple(k.shape) != expected or k.shape != v.shape:
-            raise AttnlangError(f"k and v must both be {expected}, got {tuple(k.shape)} and {tuple(v.shape)}")
+            if t.dtype not in DTYPES:
+                raise AttnlangError(f"{name} is {t.dtype}; kernels take float32, float16 or bfloat16")
+        if not (q.dtype == k.dtype == v.dtype):
+            raise AttnlangError(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+        if self.dtype is not None and q.dtype != self.dtype:
+            raise AttnlangError(f"q is {q.dtype}, but the kernel was compiled for {self.dtype}")
+        batch, heads, _, head_dim = q.shape
+        if k.shape[0] != batch or k.shape[3] != head_dim or k.shape != v.shape:
+            raise AttnlangError(f"k and v must both be ({batch}, heads_kv, tokens, {head_dim}), got "
+                                f"{tuple(k.shape)} and {tuple(v.shape)}")
+        if head_dim > 256:
+            raise AttnlangError(f"head_dim must be at most 256, got {head_dim}")
+        heads_kv = k.shape[1]
+        if heads % heads_kv:
+            raise AttnlangError(f"k and v have {heads_kv} heads, which must divide q's {heads} "
+                                "(grouped-query attention: each k/v head serves heads / heads_kv query heads)")
+        for name, pinned, got in (("heads", self.heads, heads), ("heads_kv", self.heads_kv, heads_kv),
+                                  ("head_dim", self.head_dim, head_dim)):
+            if pinned is not None and pinned != got:
+                raise AttnlangError(f"the kernel was compiled with {name}={pinned}, but the tensors have {got}; "
+                                    f"compile with {name}={got}, or leave {name} unset to take it from the tensors")
         if not (q.device == k.device == v.device):
             raise AttnlangError("q, k and v must be on the same device")
 

@@ -31,7 +31,7 @@ def check_against_reference(pattern, seq_q, seq_k, heads=2, heads_kv=None, dim=1
     q = torch.randn(batch, heads, seq_q, dim, generator=gen, requires_grad=True)
     k = torch.randn(batch, heads_kv, seq_k, dim, generator=gen, requires_grad=True)
     v = torch.randn(batch, heads_kv, seq_k, dim, generator=gen, requires_grad=True)
-    kernel = pattern.compile(heads=heads, head_dim=dim, heads_kv=heads_kv, block=block)
+    kernel = pattern.compile(block=block)  # heads, groups and head dim from the tensors
     out, lse = kernel(q, k, v, inputs=inputs, return_lse=True)
     grad_out = torch.randn(out.shape, generator=gen)
     grads = torch.autograd.grad((out * grad_out).sum(), (q, k, v))
@@ -128,9 +128,10 @@ def test_compiled_kernels_are_cached(lib):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"heads": 3, "head_dim": 16, "heads_kv": 2}, "heads_kv \\(2\\) must divide heads \\(3\\)"),
-    ({"heads": 2, "head_dim": 8}, "head_dim must be between 16 and 256"),
+    ({"heads": 2, "head_dim": 512}, "head_dim must be at most 256"),
     ({"heads": 2, "head_dim": 16, "block": 24}, "block must be a power of two"),
     ({"heads": 2, "head_dim": 16, "dtype": torch.int32}, "dtype must be one of"),
+    ({"heads": 0}, "heads must be a positive int"),
 ])
 def test_compile_arguments_are_checked(lib, kwargs, message):
     with pytest.raises(attnlang.AttnlangError, match=message):
@@ -139,10 +140,29 @@ def test_compile_arguments_are_checked(lib, kwargs, message):
 
 def test_call_arguments_are_checked(lib):
     kernel = lib["causal"].compile(heads=2, head_dim=16)
-    with pytest.raises(attnlang.AttnlangError, match="q must have 2 heads of dim 16"):
+    with pytest.raises(attnlang.AttnlangError, match="compiled with heads=2, but the tensors have 3"):
         kernel(torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16))
-    with pytest.raises(attnlang.AttnlangError, match="compiled for torch.float32"):
-        kernel(*(torch.randn(1, 2, 8, 16, dtype=torch.float16) for _ in range(3)))
+    with pytest.raises(attnlang.AttnlangError, match="q, k and v must have one dtype"):
+        kernel(torch.randn(1, 2, 8, 16), *(torch.randn(1, 2, 8, 16, dtype=torch.float16) for _ in range(2)))
+    free = lib["causal"].compile()
+    with pytest.raises(attnlang.AttnlangError, match="k and v have 3 heads, which must divide q's 4"):
+        free(torch.randn(1, 4, 8, 16), torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16))
+    with pytest.raises(attnlang.AttnlangError, match="needs input 'doc'"):
+        lib["document"].compile()(*(torch.randn(1, 1, 8, 16) for _ in range(3)))
+
+
+def test_one_kernel_serves_heads_groups_dims_and_dtypes(lib):
+    """Shapes and dtypes come from the tensors; the kernel caches one specialization each."""
+    pattern = lib["sliding_window"].bind(window=9)
+    kernel = pattern.compile(block=16)
+    for heads, heads_kv, dim in ((2, 2, 16), (4, 2, 24), (3, 1, 8), (2, 1, 32)):
+        assert pattern.compile(block=16) is kernel
+        check_against_reference(pattern, 40, 33, heads=heads, heads_kv=heads_kv, dim=dim)
+    q, k, v = (torch.randn(1, 2, 33, 16, dtype=torch.float16) for _ in range(3))
+    half = kernel(q, k, v)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), pattern.reference_attention(q.double(), k.double(), v.double()),
+                               rtol=2e-2, atol=2e-3)
 
 
 def test_routing_patterns_say_they_are_not_compiled_yet(lib):
