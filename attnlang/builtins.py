@@ -14,7 +14,7 @@ import numpy as np
 
 from .ir import Type
 
-__all__ = ["Builtin", "BUILTINS", "hash_ints", "HASH_SEED"]
+__all__ = ["Builtin", "BUILTINS", "hash_ints", "hash_state", "HASH_SEED"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,15 @@ def _fmix32(x):
     x = x ^ (x >> np.uint32(13))
     x = x * np.uint32(_M2)
     return x ^ (x >> np.uint32(16))
+
+
+def hash_state(*args: int) -> int:
+    """The 32-bit state of the hash after mixing in `args` (before the final shift)."""
+    h = np.uint32(HASH_SEED)
+    with np.errstate(over="ignore"):
+        for a in args:
+            h = _fmix32(h ^ np.uint32(a & 0xFFFFFFFF))
+    return int(h)
 
 
 def hash_ints(*args):

@@ -187,7 +187,8 @@ def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | No
     if isinstance(mask, ir.Const):  # FlexAttention wants a tensor even from a constant mask
         mask = ir.Binary(">=" if mask.value else "<", ir.Var("q", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
     lines += [""] + _function("mask_mod", "b, h, q_idx, kv_idx", mask, constants) + ["", ""]
-    result = "{}" if pattern.logit == ir.Var("score", Type.FLOAT) else "({}).to(score.dtype)"
+    # _float: a constant logit is a Python float, which has no .to
+    result = "{}" if pattern.logit == ir.Var("score", Type.FLOAT) else "_float({}).to(score.dtype)"
     lines += _function("score_mod", "score, b, h, q_idx, kv_idx", pattern.logit, constants, result) + [""]
     return "\n".join(lines)
 

@@ -125,7 +125,9 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
     logit_origin = origins.get("logit", "no bias or score statement: the scaled q.k") + ", in log2 units"
     functions = [
         jit_function("_mask", _SIGNATURE, mask, mask_origin, wide=True, context=context),
-        jit_function("_logit2", "score, " + _SIGNATURE, logit2, logit_origin, context=context),
+        # a logit of positions alone (or a constant) still fills the whole tile
+        jit_function("_logit2", "score, " + _SIGNATURE, logit2, logit_origin, context=context,
+                     result="{}" if _reads_score(logit2) else "{} + tl.zeros_like(score)"),
         jit_function("_dlogit", "score, " + _SIGNATURE, dlogit, "d logit / d score", context=context),
         _range_function(pattern, context),
     ]

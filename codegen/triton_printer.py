@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from attnlang import ir
+from attnlang.builtins import hash_state
 from attnlang.export import _ATOM, _COMPARE, _PRODUCT, _SUM, _UNARY, TorchPrinter, shared_subexpressions
 from attnlang.intervals import Boxes, Interval, IntervalEvaluator
 from attnlang.ir import Type
@@ -126,7 +127,9 @@ class TritonPrinter(TorchPrinter):
         return node.name, _ATOM
 
     def visit_Load(self, node: ir.Load):
-        index = self.print(node.index)
+        # a constant index gets a 1x1 tile, like every other operand, so the load is one too
+        index = (f"tl.full([1, 1], {node.index.value}, tl.int32)" if isinstance(node.index, ir.Const)
+                 else self.print(node.index))
         row = self.context.inputs.index(node.input)
         offset = f"{row} * stride_input + " if row else ""
         # the mask keeps padding lanes (past n_q or n_k, outside the proof of range) in memory
@@ -193,8 +196,12 @@ class TritonPrinter(TorchPrinter):
         if node.func in (Func.FLOOR, Func.CEIL):
             return f"{function}({args[0]}).to({self.context.int_type})", _ATOM
         if node.func == Func.HASH:
-            state = "HASH_SEED"
-            for arg in args:  # the hash mixes 32 bits of each argument, held in int64
+            # leading constant arguments are mixed in here, so every _hash_step takes a tensor
+            constants = 0
+            while isinstance(node.args[constants], ir.Const):
+                constants += 1
+            state = str(hash_state(*(int(a.value) for a in node.args[:constants])))
+            for arg in args[constants:]:  # the hash mixes 32 bits of each argument, held in int64
                 state = f"{function}({state}, {arg})"
             return f"({state} >> 1)", _ATOM
         if node.func in _NAN_PROPAGATING and node.type is Type.FLOAT:
@@ -259,7 +266,7 @@ def _post_order(node: ir.Expr):
 
 
 def jit_function(name: str, params: str, body: ir.Expr, origin: str = "", wide: bool = False,
-                 context: PrintContext | None = None, preamble: tuple[str, ...] = ()) -> str:
+                 context: PrintContext | None = None, preamble: tuple[str, ...] = (), result: str = "{}") -> str:
     """A @triton.jit function returning `body`; shared subexpressions and input reads become
     locals. `preamble` lines come first (after the origin comment)."""
     context = context or PrintContext()
@@ -274,7 +281,7 @@ def jit_function(name: str, params: str, body: ir.Expr, origin: str = "", wide: 
     for index, node in enumerate(named):
         lines.append(f"    t{index} = {TritonPrinter(names, wide, context).print(node)}")
         names[node] = f"t{index}"
-    lines.append(f"    return {TritonPrinter(names, wide, context).print(body)}")
+    lines.append(f"    return {result.format(TritonPrinter(names, wide, context).print(body))}")
     return "\n".join(lines) + "\n"
 
 

@@ -195,3 +195,30 @@ def test_a_let_reads_the_logit_of_the_statement_that_uses_it():
     p = pattern("let doubled = score * 2.0\nscore score + 1.0\nbias doubled")
     value = Evaluator({"score": torch.tensor(3.0, dtype=torch.float64)}, ops=_TorchOps()).visit(p.ir.logit)
     assert float(value) == (3.0 + 1.0) + (3.0 + 1.0) * 2.0
+
+
+# -- found by the differential fuzzer (tests/fuzz.py) -----------------------------------------
+
+@pytest.mark.parametrize("body", [
+    "score 0.5", "score q * 1.0", "score h * 1.0", "mask q >= k\nscore 1.0",
+])
+def test_fuzz_logit_without_score_fills_the_tile(body):
+    p = pattern(body)
+    check_against_reference(p, 40, 37)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen, dtype=torch.float64) for n in (40, 37, 37))
+    from torch.nn.attention.flex_attention import flex_attention
+    _, score_mod = p.flex_mods(40, 37, 2)
+    block_mask = p.analyze(40, 37, 2, (16, 16)).to_flex()
+    torch.testing.assert_close(flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask),
+                               p.reference_attention(q, k, v))
+
+
+def test_fuzz_hash_with_leading_constants():
+    check_against_reference(pattern("mask hash(-9, 16, k) % 2 == 0\nbias tanh(hash(-9, 16, k) / 1.0)"), 40, 37)
+
+
+def test_fuzz_float_against_a_constant_index_load():
+    p = pattern("input doc: int[tokens]\nmask 0.0 < doc[1] or q >= k")
+    for doc in (np.zeros(40, dtype=np.int64), np.ones(40, dtype=np.int64)):
+        check_against_reference(p, 40, 37, inputs={"doc": doc})
