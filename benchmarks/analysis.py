@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
@@ -100,6 +101,7 @@ def main():
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--patterns", default=",".join(PATTERNS))
     parser.add_argument("--table", action="store_true", help="print results/analysis.json as a markdown table")
+    parser.add_argument("--out", default=None, help="where the JSON goes (default benchmarks/results/analysis.json)")
     parser.add_argument("--child", nargs=4, metavar=("TOOL", "PATTERN", "N", "REPEAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -107,7 +109,7 @@ def main():
         print(json.dumps(measure(tool, key, int(n), int(repeat))))
         return
     if args.table:
-        print_table()
+        print_table(args.out)
         return
 
     rows = []
@@ -132,12 +134,12 @@ def main():
             print(f"{key:16} {n:8d} {mine_text} {flex_text} {('%7.0fx' % ratio) if ratio else '':>7}", flush=True)
     payload = {"benchmark": "analysis", "environment": environment(), "block": BLOCK,
                "flex_limit_gib": args.flex_limit_gib, "documents": DOCUMENTS, "rows": rows}
-    print("wrote", write_json("analysis", payload))
+    print("wrote", write_json("analysis", payload, args.out))
 
 
-def print_table():
+def print_table(path=None):
     from _common import RESULTS
-    payload = json.loads((RESULTS / "analysis.json").read_text())
+    payload = json.loads(Path(path or RESULTS / "analysis.json").read_text())
     env = payload["environment"]
     print(f"{env['processor']}, {env['cpus']} CPUs, {env['memory_gib']} GiB; torch {env['torch']}, "
           f"commit {env['commit']}\n")

@@ -66,7 +66,7 @@ def _dlogit(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
 
 
 @triton.jit
-def _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LENGTHS,
+def _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, INPUT_LENGTHS,
                       HEADS: tl.constexpr):
     return k_pos >= 0
 
@@ -434,8 +434,8 @@ def classify_tiles(Kinds, INPUTS, stride_input, stride_input_b, INPUT_LEN, INPUT
     allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS) & inside
     count = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
     kind = tl.where(count == 0, 0, tl.where(count == BLOCK_M * BLOCK_N, 2, 1))
-    in_range = _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LENGTHS,
-                                 HEADS) | ~inside
+    in_range = _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                                 INPUT_LENGTHS, HEADS) | ~inside
     kind = tl.where(tl.min(tl.min(in_range.to(tl.int32), 1), 0) == 0, 3, kind)  # 3: OUT_OF_RANGE
     tl.store(Kinds + (tl.program_id(2) * tl.num_programs(0) + start_m) * tl.num_programs(1) + start_n, kind)
 

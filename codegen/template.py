@@ -28,7 +28,8 @@ TEMPLATE = Path(__file__).with_name("kernel_template.py")
 SCORE = ir.Var("score", Type.FLOAT)
 _LOG2E, _LN2 = ir.Const(1 / math.log(2), Type.FLOAT), ir.Const(math.log(2), Type.FLOAT)
 _SIGNATURE = "q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS: tl.constexpr"
-_RANGE_SIGNATURE = "q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LENGTHS, HEADS: tl.constexpr"
+_RANGE_SIGNATURE = ("q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, INPUT_LENGTHS, "
+                    "HEADS: tl.constexpr")
 
 
 def _reads_score(node: ir.Expr) -> bool:

@@ -222,3 +222,11 @@ def test_fuzz_float_against_a_constant_index_load():
     p = pattern("input doc: int[tokens]\nmask 0.0 < doc[1] or q >= k")
     for doc in (np.zeros(40, dtype=np.int64), np.ones(40, dtype=np.int64)):
         check_against_reference(p, 40, 37, inputs={"doc": doc})
+
+
+def test_fuzz_nested_input_read_in_the_standalone_classifier():
+    p = pattern("input doc: int[tokens]\ninput seg: int[tokens]\nmask seg[doc[k] % n_k] == 0 or q >= k")
+    doc, seg = torch.arange(40) % 7, torch.arange(40) % 2
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for n in (40, 37, 37))
+    assert standalone_error(p, q, k, v, inputs={"doc": doc, "seg": seg}) < 1e-5
