@@ -246,3 +246,15 @@ def test_every_ir_consumer_has_a_method_for_every_node():
     for consumer in (Evaluator, IntervalEvaluator, TorchPrinter, SympyPrinter):
         for node_type in ir.NODE_TYPES:
             assert hasattr(consumer, "visit_" + node_type.__name__), (consumer.__name__, node_type.__name__)
+
+
+def test_tables_grow_with_the_boundary_not_the_area(lib):
+    """Causal at a million tokens: one FULL run and one PARTIAL tile a row, and the dense kind
+    map (64 MiB at 128 x 128 tiles) is never built for the tables or the counts."""
+    block_map = lib["causal"].analyze(1 << 20, heads=1, block=128)
+    (full_counts, runs), (partial_counts, partial) = block_map.kernel_tables["forward"]
+    assert runs.shape == (1, 8192, 1, 2) and partial.shape == (1, 8192, 1)
+    assert (full_counts[0, 1:] == 1).all() and (runs[0, 1:, 0, 0] == 0).all()  # each row: tiles 0 .. row - 1
+    assert (runs[0, 1:, 0, 1] == np.arange(1, 8192)).all() and (partial_counts == 1).all()
+    assert block_map.counts["full"] == 8192 * 8191 // 2 and block_map.dense is None
+    assert "kinds" not in block_map.__dict__
