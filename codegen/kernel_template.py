@@ -106,7 +106,8 @@ def _ffloordiv(a, b):
     quotient = (a - remainder) / b
     quotient = tl.where((remainder != 0) & ((remainder < 0) != (b < 0)), quotient - 1.0, quotient)
     floored = tl.floor(quotient)
-    return tl.where(quotient - floored > 0.5, floored + 1.0, floored)
+    floored = tl.where(quotient - floored > 0.5, floored + 1.0, floored)
+    return tl.where(b == 0, a / b, floored)  # by zero: inf, -inf or NaN, as numpy and torch give
 
 
 @triton.jit

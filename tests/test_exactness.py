@@ -230,3 +230,11 @@ def test_fuzz_nested_input_read_in_the_standalone_classifier():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for n in (40, 37, 37))
     assert standalone_error(p, q, k, v, inputs={"doc": doc, "seg": seg}) < 1e-5
+
+
+def test_fuzz_float_floor_division_by_zero():
+    p = pattern("mask 1.0 // q >= 0.0 and (0.0 - 1.0) // (k * 1.0) < 0.0")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3, n, 16, generator=gen) for n in (34, 16, 16))
+    assert standalone_error(p, q, k, v) < 1e-5
+    check_against_reference(p, 34, 16)
