@@ -519,7 +519,7 @@ def _input_arguments(stacked_inputs):
 
 def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
     """Output and LSE of contiguous q, k, v (no autograd); builds the tables if not given."""
-    launch = launch or DEFAULT_LAUNCH
+    launch = launch or launch_for(block_m, block_n)
     batch, heads, seq_q, head_dim = q.shape
     heads_kv, seq_k = k.shape[1], k.shape[2]
     if tables is None:
@@ -536,7 +536,7 @@ def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
 
 def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tables, launch=None):
     """dq, dk, dv of contiguous tensors, given the output gradient and (or None) the LSE's."""
-    launch = launch or DEFAULT_LAUNCH
+    launch = launch or launch_for(block_m, block_n)
     batch, heads, seq_q, head_dim = q.shape
     heads_kv, seq_k = k.shape[1], k.shape[2]
     dout = torch.zeros_like(out) if dout is None else dout.contiguous()
@@ -573,8 +573,14 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
-DEFAULT_LAUNCH = {"forward": {"num_warps": 4, "num_stages": 2}, "backward_kv": {"num_warps": 4, "num_stages": 2},
-                  "backward_q": {"num_warps": 4, "num_stages": 2}}
+def launch_for(block_m, block_n):
+    """num_warps and num_stages of each kernel for a tile shape: 8 warps once a tile has 128 rows
+    (4 spill registers there at d = 128 on sm_90), 2 stages (K/V double-buffered)."""
+    def warps(rows):
+        return 8 if rows >= 128 else 4
+    return {"forward": {"num_warps": warps(block_m), "num_stages": 2},
+            "backward_kv": {"num_warps": warps(max(block_m, block_n)), "num_stages": 2},
+            "backward_q": {"num_warps": warps(block_m), "num_stages": 2}}
 
 
 def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK[0], block_n=BLOCK[1], tables=None,
@@ -588,5 +594,5 @@ def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK[
     if missing:
         raise ValueError(f"{PATTERN} needs input {missing[0]!r}: an int tensor with one entry per token")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, lse = _Attention.apply(q, k, v, inputs, scale, block_m, block_n, tables, launch or DEFAULT_LAUNCH)
+    out, lse = _Attention.apply(q, k, v, inputs, scale, block_m, block_n, tables, launch)
     return (out, lse) if return_lse else out
