@@ -674,7 +674,7 @@ def _tables(kinds: np.ndarray, transpose: bool = False, width: int | None = None
         i, j = np.divmod(rest, kinds.shape[2])
         values = kinds.reshape(-1)[flat]
         if transpose:
-            order = np.argsort(h * cols + j, kind="stable")  # entries are sorted by (h, i, j)
+            order = np.argsort(h * rows + j, kind="stable")  # entries are sorted by (h, i, j)
             h, i, j, values = h[order], j[order], i[order], values[order]
         chunks = [(h, i, j, values)]
         counts = {kind: np.bincount((h * rows + i)[values == kind], minlength=heads * rows)

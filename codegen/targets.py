@@ -360,7 +360,8 @@ def audit(names: list[str] | None = None, targets=("sm_80", "sm_90"), head_dims=
 
     The block is the one `Pattern.compile(block="auto")` picks on the target's hardware
     profile at `seq`. Jobs run in `workers` processes (default: one per CPU), since choosing
-    the block is Python work and compiling is a subprocess of its own.
+    the block is Python work and compiling is a subprocess of its own; the processes are
+    spawned, so a script calling this needs the `if __name__ == "__main__":` guard.
     """
     import attnlang
     names = names or [p.name for p in attnlang.stdlib() if not p.is_routed]
