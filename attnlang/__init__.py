@@ -19,8 +19,9 @@ from .errors import AttnlangError
 from .ir import PatternIR
 from .mask_mod import from_mask_mod
 from .pattern import Module, Pattern, attention, check_module, load, parse, stdlib, stdlib_dir
+from .simulator import simulate
 
 __all__ = ["AttnlangError", "Module", "Pattern", "PatternIR", "BlockMap", "EMPTY", "PARTIAL", "FULL",
            "parse", "load", "stdlib", "stdlib_dir", "check_module", "from_mask_mod",
-           "attention"]
+           "attention", "simulate"]
 __version__ = "0.1.0"
