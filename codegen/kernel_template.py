@@ -287,6 +287,8 @@ def _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_
     if not LOGIT_IS_SCORE:
         ds = ds * _dlogit(qk * qk_scale, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
                           HEADS)
+        if PARTIAL:  # d logit may be NaN/inf where no pair exists (a padded column's score is 0): 0 there
+            ds = tl.where(allowed, ds, 0.0)
     return p, ds
 
 

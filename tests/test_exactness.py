@@ -238,3 +238,10 @@ def test_fuzz_float_floor_division_by_zero():
     q, k, v = (torch.randn(1, 3, n, 16, generator=gen) for n in (34, 16, 16))
     assert standalone_error(p, q, k, v) < 1e-5
     check_against_reference(p, 34, 16)
+
+
+def test_fuzz_logit_slope_not_finite_on_padded_columns():
+    # A padded column's score is 0, where this slope is 0 * NaN (score % score): ds must be 0 there.
+    p = pattern("bias tanh((score % score * abs(b) + log2(heads // 16)) / 30.0)")
+    check_against_reference(p, 3, 3, block=32)
+    check_against_reference(p, 40, 37)
