@@ -15,13 +15,13 @@ exactly (the reference), and hands one typed IR to the analysis and code generat
 """
 
 from .analysis import EMPTY, FULL, PARTIAL, BlockMap
-from .errors import AttnlangError
+from .errors import AttnlangError, AttnlangWarning
 from .ir import PatternIR
 from .mask_mod import from_mask_mod
 from .pattern import Module, Pattern, attention, check_module, load, parse, stdlib, stdlib_dir
 from .simulator import simulate
 
-__all__ = ["AttnlangError", "Module", "Pattern", "PatternIR", "BlockMap", "EMPTY", "PARTIAL", "FULL",
+__all__ = ["AttnlangError", "AttnlangWarning", "Module", "Pattern", "PatternIR", "BlockMap", "EMPTY", "PARTIAL", "FULL",
            "parse", "load", "stdlib", "stdlib_dir", "check_module", "from_mask_mod",
            "attention", "simulate"]
 __version__ = "0.1.0"

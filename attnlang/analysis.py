@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import ir
-from .errors import AttnlangError
+from .errors import AttnlangError, AttnlangWarning
 from .intervals import Boxes, IntervalEvaluator, RangeMinMax
 from .reference import EMPTY, FULL, PARTIAL, Evaluator, check_inputs
 
@@ -32,6 +33,11 @@ SUBDIVISION_LEVELS = 3     # how many times undecided sub-blocks are refined aga
 REFINE_CHUNK = 16384       # undecided tiles refined at once
 EXACT_CHUNK_PAIRS = 1 << 22  # pairs evaluated at once when a tile must be evaluated whole
 DENSITY_SAMPLES = 64       # pairs sampled per partial tile by density(exact=False)
+# Memory bounds. The analysis' work follows the pattern's boundary; these cap it where the
+# boundary itself is too large (a parity mask at 10^7 tokens in 16-token tiles), so a run
+# either fits in a few GiB or stops with an error that names the limit, never an OOM.
+MAX_OPEN_BOXES = 1 << 22   # undecided boxes (or single tiles) the quadtree may hold at once
+MAX_DENSE_TILES = 1 << 30  # tiles of a dense `kinds` array (int8: 1 GiB)
 
 
 def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1, block=128,
@@ -44,10 +50,21 @@ def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1
     checked = check_inputs(pattern, inputs, max(seq_q, seq_k), batch)
     check_input_indices(pattern, seq_q, seq_k, heads, (block_q, block_k), checked, batch)
     analyzer = _Analyzer(pattern, seq_q, seq_k, heads, block_q, block_k, checked, batch)
-    analyzer.run()
+    sets = analyzer.run()
+    if not len(sets.full) and not len(sets.partial):
+        warn_no_pair(pattern, seq_q, seq_k, batch)
     return BlockMap(dense=None, seq_q=seq_q, seq_k=seq_k, heads=heads, block_q=block_q, block_k=block_k,
                     pattern=pattern, inputs=checked, batch=batch, stats=analyzer.stats,
                     seconds=time.perf_counter() - start, tile_sets=analyzer.tile_sets)
+
+
+def warn_no_pair(pattern: ir.PatternIR, seq_q: int, seq_k: int, batch: int = 0) -> None:
+    """An `AttnlangWarning`: the mask allows nothing at these lengths. That is legal, and
+    kernels handle it (output 0, LSE -inf), but rarely meant (`-D window=-5`)."""
+    args = ", ".join(f"{name}={value}" for name, value in pattern.params)
+    where = f"{seq_q} x {seq_k}" + (f", batch entry {batch}" if mask_depends_on_batch(pattern) else "")
+    warnings.warn(f"pattern '{pattern.name}({args})' allows no (query, key) pair at {where}: every row is "
+                  "fully masked (output 0, LSE -inf)", AttnlangWarning, stacklevel=3)
 
 
 def _tile_shape(block) -> tuple[int, int]:
@@ -185,7 +202,9 @@ class _Analyzer:
                               np.full(self.head_count, self.tiles_q), np.zeros(self.head_count, np.int64),
                               np.full(self.head_count, self.tiles_k))
         leaves, full = [], []
+        open_tiles = 0
         while len(frontier):
+            self._check_budget(len(frontier) + open_tiles)
             verdict = self._verdict(self._token_boxes(frontier))
             decided = verdict != UNKNOWN
             self.stats["reasoning"] += int(frontier.area()[decided].sum())
@@ -193,6 +212,7 @@ class _Analyzer:
             open_boxes = frontier.select(~decided)
             single = open_boxes.area() == 1
             leaves.append(open_boxes.select(single))
+            open_tiles += int(single.sum())
             frontier = open_boxes.select(~single).split()
         tiles = _TileBoxes(*(np.concatenate([getattr(p, f) for p in leaves]) for f in ("h", "q0", "q1", "k0", "k1")))
         refined = np.empty(len(tiles), dtype=np.int8)
@@ -202,6 +222,14 @@ class _Analyzer:
         full.append(tiles.select(refined == FULL))
         self.tile_sets = TileSets(_concatenate(full), tiles.select(refined == PARTIAL), self.head_count)
         return self.tile_sets
+
+    def _check_budget(self, open_boxes: int) -> None:
+        if open_boxes > MAX_OPEN_BOXES:
+            raise AttnlangError(
+                f"the block map of {self.seq_q} x {self.seq_k} tokens in {self.block_q} x {self.block_k} tiles "
+                f"has more than {MAX_OPEN_BOXES:,} tiles on the pattern's boundary (tiles that need a look of "
+                f"their own); the analysis stops there to bound its memory: use larger tiles or shorter "
+                f"lengths")
 
     # -- boxes ------------------------------------------------------------------------
 
@@ -393,6 +421,11 @@ class BlockMap:
     def kinds(self) -> np.ndarray:
         if self.dense is not None:
             return self.dense
+        tiles = int(np.prod(self.shape))
+        if tiles > MAX_DENSE_TILES:
+            raise AttnlangError(
+                f"the dense tile map would hold {tiles:,} tiles {self.shape} (more than {MAX_DENSE_TILES:,}); "
+                "counts, pairs, density and the kernel tables work without it: use those, or larger tiles")
         # EMPTY is 0: np.zeros maps zeroed pages lazily, so untouched (empty) regions cost nothing
         kinds = np.zeros(self.shape, dtype=np.int8)
         full, partial = self.tile_sets.full, self.tile_sets.partial
@@ -421,8 +454,8 @@ class BlockMap:
     # -- pairs ------------------------------------------------------------------------
 
     def _tile_sizes(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.full(self.kinds.shape[1], self.block_q, dtype=np.int64)
-        cols = np.full(self.kinds.shape[2], self.block_k, dtype=np.int64)
+        rows = np.full(self.shape[1], self.block_q, dtype=np.int64)
+        cols = np.full(self.shape[2], self.block_k, dtype=np.int64)
         rows[-1] = self.seq_q - (len(rows) - 1) * self.block_q
         cols[-1] = self.seq_k - (len(cols) - 1) * self.block_k
         return rows, cols
@@ -432,16 +465,20 @@ class BlockMap:
 
         FULL tiles count whole and EMPTY ones not at all; PARTIAL tiles are evaluated
         exactly (`exact=True`, O(partial tiles x tile size)) or estimated from
-        DENSITY_SAMPLES random pairs each (deterministic). Cached per mode.
+        DENSITY_SAMPLES random pairs each (deterministic). Cached per mode. Read from the
+        analysis' boxes when it made this map, so no dense map is built.
         """
         cache = self.__dict__.setdefault("_pairs", {})
         if exact not in cache:
             rows, cols = self._tile_sizes()
-            full = (self.kinds == FULL).sum(0).astype(np.float64)
-            total = float(rows @ full @ cols)
-            h, i, j = np.nonzero(self.kinds == PARTIAL)
-            if len(h):
-                total += self._partial_pairs(h, i, j, rows, cols, exact)
+            sets = self.tile_sets if self.dense is None else _tile_sets_from_kinds(self.kinds)
+            full, partial = sets.full, sets.partial
+            row_ends, col_ends = np.concatenate([[0], np.cumsum(rows)]), np.concatenate([[0], np.cumsum(cols)])
+            box_rows = row_ends[full.q1] - row_ends[full.q0]
+            box_cols = col_ends[full.k1] - col_ends[full.k0]
+            total = float((box_rows * box_cols).sum())
+            if len(partial):
+                total += self._partial_pairs(partial.h, partial.q0, partial.k0, rows, cols, exact)
             cache[exact] = total
         return cache[exact]
 
@@ -450,10 +487,15 @@ class BlockMap:
         count = 0.0
         if not exact:
             rng = np.random.default_rng(0)
-            q = q_lo[:, None] + (rng.random((len(h), DENSITY_SAMPLES)) * rows[i][:, None]).astype(np.int64)
-            k = k_lo[:, None] + (rng.random((len(h), DENSITY_SAMPLES)) * cols[j][:, None]).astype(np.int64)
-            fraction = self._mask(q, k, h[:, None]).mean(1)
-            return float((fraction * rows[i] * cols[j]).sum())
+            chunk = max(1, EXACT_CHUNK_PAIRS // DENSITY_SAMPLES)
+            for start in range(0, len(h), chunk):
+                part = slice(start, start + chunk)
+                n, r, c = len(h[part]), rows[i[part]][:, None], cols[j[part]][:, None]
+                q = q_lo[part, None] + (rng.random((n, DENSITY_SAMPLES)) * r).astype(np.int64)
+                k = k_lo[part, None] + (rng.random((n, DENSITY_SAMPLES)) * c).astype(np.int64)
+                fraction = self._mask(q, k, h[part, None]).mean(1)
+                count += float((fraction * r[:, 0] * c[:, 0]).sum())
+            return count
         chunk = max(1, EXACT_CHUNK_PAIRS // (self.block_q * self.block_k))
         for start in range(0, len(h), chunk):
             part = slice(start, start + chunk)
@@ -469,7 +511,7 @@ class BlockMap:
 
     def density(self, exact: bool = False) -> float:
         """Allowed pairs over all pairs (exact evaluation of partial tiles if `exact`)."""
-        return self.pairs(exact) / (self.kinds.shape[0] * self.seq_q * self.seq_k)
+        return self.pairs(exact) / (self.shape[0] * self.seq_q * self.seq_k)
 
     # -- index tables -----------------------------------------------------------------
 

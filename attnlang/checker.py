@@ -7,7 +7,7 @@ the offending token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from . import ast, ir
@@ -283,17 +283,48 @@ class _Lowering:
         names = [p.name for p in decl.params]
         bound = self._bind_arguments(f"pattern '{name}'", names, args, kwargs, span, required=[])
         params = {p.name: p.default.value for p in decl.params}
+        forwarded = {}  # symbolic lowering: arguments that are expressions of our own parameters
         for param_name, value_ast in bound.items():
             value = fold_constants(self.expr(value_ast))
+            if self.symbolic and not isinstance(value, ir.Const) and self._of_parameters_only(value):
+                forwarded[param_name] = value
+                value = fold_constants(ir.substitute(value, self._parameter_values()))
             if not isinstance(value, ir.Const):
                 raise AttnlangError(f"argument '{param_name}' of pattern '{name}' must be a compile-time "
                                     f"constant, found {value}", _span_of(value_ast))
             params[param_name] = coerce_param(decl, param_name, value.value, _span_of(value_ast))
-        used = lower_pattern(decl, params, self.scope, self.stack)
+        if forwarded:
+            used = self._inline_forwarded(decl, params, forwarded)
+        else:
+            used = lower_pattern(decl, params, self.scope, self.stack)
         for input_name in used.inputs:
             if input_name not in self.inputs:
                 self.inputs.append(input_name)
         return used
+
+    def _of_parameters_only(self, value: ir.Expr) -> bool:
+        """Whether `value` reads nothing but this pattern's (symbolic) parameters."""
+        variables = [n for n in ir.walk(value) if isinstance(n, ir.Var | ir.Load)]
+        return all(isinstance(n, ir.Var) and n.name in self.params for n in variables)
+
+    def _parameter_values(self) -> dict[ir.Expr, ir.Expr]:
+        return {ir.Var(name, kind): ir.Const(value, kind) for name, (kind, value) in self.params.items()
+                if kind is not Type.BOOL}
+
+    def _inline_forwarded(self, decl, params: dict, forwarded: dict) -> ir.PatternIR:
+        """The callee lowered symbolically, its parameters bound to our expressions (the ones
+        forwarded) or to their values: `s2attn(group)` keeps `group` a symbol of the caller."""
+        used = lower_pattern(decl, params, self.scope, self.stack, symbolic=True)
+        bindings = {}
+        for param in decl.params:
+            kind = param_type(param)
+            if kind is Type.BOOL:
+                continue
+            value = forwarded.get(param.name, ir.Const(params[param.name], kind))
+            bindings[ir.Var(param.name, kind)] = _to_float(value) if kind is Type.FLOAT else value
+        route = used.route and replace(used.route, keep=ir.substitute(used.route.keep, bindings))
+        return replace(used, mask=ir.substitute(used.mask, bindings), logit=ir.substitute(used.logit, bindings),
+                       route=route)
 
     def _known_patterns(self) -> list[str]:
         return self.scope.visible_names()

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import AttnlangError
+from .analysis import warn_no_pair
+from .errors import AttnlangError, AttnlangWarning
 from .pattern import Module, Pattern, check_module, load, stdlib, stdlib_dir
 from .render import TILE_LEGEND, TOKEN_LEGEND, render_tiles, render_tokens
 
@@ -21,18 +25,33 @@ __all__ = ["main"]
 TOKEN_LEVEL_LIMIT = 96  # above this many tokens on a side, show tiles
 MAX_TILE_COLUMNS = 128
 MAX_HEADS_SHOWN = 4
+MAX_SHOWN_TILES = 512  # tile rows or columns `show` draws; more is no picture
+PICTURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", AttnlangWarning)  # shown, whatever the filters say
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return args.run(args)
     except AttnlangError as err:
         print(err, file=sys.stderr)
         return 2
     except BrokenPipeError:  # `attnlang show ... | head`
         return 0
+
+
+def _warning_printer(default):
+    """attnlang's warnings as `warning: ...` lines; others as Python prints them."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, AttnlangWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -142,11 +161,18 @@ def _run_list(args) -> int:
     module = load(args.file) if args.file else stdlib()
     for pattern in module:
         params = ", ".join(f"{k} = {_literal(v)}" for k, v in pattern.defaults.items())
-        summary = pattern.doc.splitlines()[0] if pattern.doc else ""
         print(f"{pattern.name}({params})")
-        if summary:
-            print(f"    {summary}")
+        if pattern.doc:
+            print(textwrap.fill(_first_sentence(pattern.doc), width=96, initial_indent="    ",
+                                subsequent_indent="    "))
     return 0
+
+
+def _first_sentence(doc: str) -> str:
+    """The doc comment's first sentence, its lines joined (a comment wraps mid-sentence)."""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    end = re.search(r"[.!?](?=\s+[A-Z(`'\"]|$)", paragraph)
+    return paragraph[:end.end()] if end else paragraph
 
 
 def _literal(value) -> str:
@@ -160,27 +186,31 @@ def _run_show(args) -> int:
     seq_q, seq_k, heads = _lengths(args)
     inputs = _parse_inputs(args.inputs, pattern, max(seq_q, seq_k))
     heads_shown = _heads_to_show(pattern, heads, args.head)
+    token_level = max(seq_q, seq_k) <= TOKEN_LEVEL_LIMIT and args.block is None
+    if not token_level:
+        _check_drawable(seq_q, seq_k, args.block)
+    png = args.png and _output_file("--png", args.png, (".png",))
     print(f"{pattern.label}   queries {seq_q} x keys {seq_k}" + (f", {heads} heads" if heads > 1 else ""))
     if pattern.is_routed:
         r = pattern.ir.route
         print(f"note: routing picks {r.top} blocks of {r.block} tokens per query block at run time; "
               "this is the static mask it chooses from")
-    token_level = max(seq_q, seq_k) <= TOKEN_LEVEL_LIMIT and args.block is None
-    if args.png:
+    if png:
         block = args.block or _auto_block(max(seq_q, seq_k))
         block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
         from .plots import plot_block_map
-        plot_block_map(block_map, args.png, title=pattern.label, heads=heads_shown)
-        print(f"wrote {args.png}")
+        _write("--png", png, lambda: plot_block_map(block_map, png, title=pattern.label, heads=heads_shown))
+        print(f"wrote {png}")
     if token_level:
         mask = pattern.reference_mask(seq_q, seq_k, heads, inputs, static_only=True)
+        if not mask.any():
+            warn_no_pair(pattern.ir, seq_q, seq_k)
         for head in heads_shown:
             _print_head_title(pattern, head, heads_shown)
             print(render_tokens(mask[head]))
         print(TOKEN_LEGEND)
         return 0
     block = args.block or _auto_block(seq_k)
-    _check_positive("--block", block)
     kinds = pattern.analyze(seq_q, seq_k, heads, block, inputs).kinds
     for head in heads_shown:
         _print_head_title(pattern, head, heads_shown)
@@ -191,13 +221,14 @@ def _run_show(args) -> int:
 
 def _run_compile(args) -> int:
     pattern = _load_pattern(args)
-    from codegen.runtime import _tile_shape
-    from codegen.template import standalone_source, statement_origins
+    from attnlang.codegen.runtime import _tile_shape
+    from attnlang.codegen.template import standalone_source, statement_origins
     if pattern.is_routed:
         raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
     report = args.report or args.json
     if not args.output and not report:
         raise AttnlangError("compile needs -o kernel.py, or --report to compile for --target and print")
+    output = args.output and _output_file("-o", args.output, (".py",))
     info = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the JSON alone
     if args.block == "auto":
         from .simulator import choose_block
@@ -207,9 +238,10 @@ def _run_compile(args) -> int:
     else:
         block = _tile_shape(tuple(_int_list("--block", args.block)) if "," in args.block
                             else int(_int_list("--block", args.block)[0]))
-    if args.output:
-        Path(args.output).write_text(standalone_source(pattern.ir, block, statement_origins(pattern.decl)))
-        print(f"wrote {args.output}: {pattern.label}, tiles {block[0]} x {block[1]}; "
+    if output:
+        source = standalone_source(pattern.ir, block, statement_origins(pattern.decl))
+        _write("-o", output, lambda: output.write_text(source))
+        print(f"wrote {output}: {pattern.label}, tiles {block[0]} x {block[1]}; "
               f"call attention(q, k, v{', inputs={...}' if pattern.inputs else ''})", file=info)
     if report:
         _print_target_report(args, pattern, block)
@@ -217,10 +249,10 @@ def _run_compile(args) -> int:
 
 
 def _print_target_report(args, pattern: Pattern, block: tuple[int, int]) -> None:
-    """`compile --report`: the launch's kernels compiled for --target (codegen.targets)."""
+    """`compile --report`: the launch's kernels compiled for --target (attnlang.codegen.targets)."""
     import torch
 
-    from codegen.targets import resolve_target
+    from attnlang.codegen.targets import resolve_target
     target = resolve_target(args.target)
     seq = args.tune_seq if args.seq is None else args.seq
     _check_positive("--seq", seq)
@@ -238,6 +270,7 @@ def _run_simulate(args) -> int:
     block = tuple(_int_list("--block", args.block))
     if len(block) != 2:
         raise AttnlangError(f"--block expects BM,BN, got '{args.block}'")
+    plot = args.plot and _output_file("--plot", args.plot, PICTURE_SUFFIXES)
     series = {}
     for name in args.patterns.split(","):
         args.pattern = name.strip()
@@ -263,11 +296,10 @@ def _run_simulate(args) -> int:
                 print(f"{label[:34]:34} {r.seq:8d} {r.time_ms:10.3f} {r.dense_time_ms:10.3f} {r.speedup:8.2f} "
                       f"{r.upper_bound:7.2f} {r.utilization:5.2f}  {b['mma']:.3f} / {b['elementwise']:.3f} / "
                       f"{b['memory']:.3f} / {b['overhead']:.3f} / {b['imbalance']:.3f}")
-    if args.plot:
+    if plot:
         from .plots import plot_speedups
-        plot_speedups(series, args.plot, hardware.key, args.backward)
-        if not args.json:
-            print(f"wrote {args.plot}")
+        _write("--plot", plot, lambda: plot_speedups(series, plot, hardware.key, args.backward))
+        print(f"wrote {plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -293,7 +325,6 @@ def _run_analyze(args) -> int:
     seq_q, seq_k, heads = _lengths(args)
     inputs = _parse_inputs(args.inputs, pattern, max(seq_q, seq_k))
     block = args.block or 128
-    _check_positive("--block", block)
     block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
     complexity = pattern.complexity()
     closed_form = at_n = None
@@ -327,7 +358,8 @@ def _run_analyze(args) -> int:
         print(f"  pairs         {complexity.pairs}   for n >= {complexity.valid_from}")
         if at_n is not None:
             print(f"                = {at_n:,} at n = {seq_q}")
-    print(f"  complexity    {complexity.big_o}   ({complexity.method})")
+    method = "" if complexity.method in complexity.big_o else f"   ({complexity.method})"
+    print(f"  complexity    {complexity.big_o}{method}")
     print(f"  time          {block_map.seconds * 1000:.1f} ms")
     return 0
 
@@ -357,11 +389,47 @@ def _auto_block(seq_k: int) -> int:
 
 
 def _lengths(args) -> tuple[int, int, int]:
+    """--seq, --seq-k and --heads, checked; --block too (0 is not 'auto': leave it out)."""
     seq_q = args.seq
     seq_k = args.seq if args.seq_k is None else args.seq_k
     for flag, value in (("--seq", seq_q), ("--seq-k", seq_k), ("--heads", args.heads)):
         _check_positive(flag, value)
+    if args.block is not None:
+        _check_positive("--block", args.block)
     return seq_q, seq_k, args.heads
+
+
+def _check_drawable(seq_q: int, seq_k: int, block: int | None) -> None:
+    if block is None:
+        block = _auto_block(seq_k)
+    tiles = max(-(-seq_q // block), -(-seq_k // block))
+    if tiles > MAX_SHOWN_TILES:
+        fits = 1 << (-(-max(seq_q, seq_k) // MAX_SHOWN_TILES) - 1).bit_length()
+        raise AttnlangError(f"--block {block} gives {tiles:,} tiles on a side; show draws at most "
+                            f"{MAX_SHOWN_TILES}: pass --block {fits} or more, or leave --block out")
+
+
+def _output_file(flag: str, text: str, suffixes: tuple[str, ...]) -> Path:
+    """Where `flag` writes, checked before any work: an existing folder, a known suffix
+    (none given: the first one is added, and the name printed is the name written)."""
+    path = Path(text)
+    if path.is_dir():
+        raise AttnlangError(f"{flag} {text} is a folder; give a file name, e.g. {path / ('out' + suffixes[0])}")
+    if not path.suffix:
+        path = path.with_name(path.name + suffixes[0])
+    elif path.suffix.lower() not in suffixes:
+        raise AttnlangError(f"{flag} {text}: cannot write a '{path.suffix}' file; use "
+                            + ", ".join(suffixes[:-1]) + (" or " if len(suffixes) > 1 else "") + suffixes[-1])
+    if not path.parent.is_dir():
+        raise AttnlangError(f"{flag} {text}: the folder '{path.parent}' does not exist; create it first")
+    return path
+
+
+def _write(flag: str, path: Path, write) -> None:
+    try:
+        write()
+    except OSError as err:
+        raise AttnlangError(f"{flag}: cannot write {path}: {err.strerror or err}") from None
 
 
 def _check_positive(flag: str, value: int) -> None:

@@ -56,8 +56,9 @@ class NotDerivable(Exception):
 class Complexity:
     """How many (query, key) pairs a pattern allows at n_q = n_k = n.
 
-    `method` is "derived" (then `pairs` is exact for n >= `valid_from`) or "fitted"
-    (then `exponent` is the slope of log pairs against log n over `fitted_lengths`).
+    `method` is "derived" (then `pairs` is exact for n >= `valid_from`), "fitted" (then
+    `exponent` is the slope of log pairs against log n over `fitted_lengths`), "bound"
+    (routing: an upper bound in `big_o`) or "input-dependent" (no count without inputs).
     """
 
     pattern: str
@@ -73,13 +74,16 @@ class Complexity:
     def __str__(self) -> str:
         if self.method == "derived":
             return f"{self.pairs}   {self.big_o}   (derived, n >= {self.valid_from})"
-        return f"{self.big_o}   (fitted: exponent {self.exponent:.3f} over n = " \
-               f"{', '.join(map(str, self.fitted_lengths))}; {self.reason})"
+        if self.method == "fitted":
+            return f"{self.big_o}   (fitted: exponent {self.exponent:.3f} over n = " \
+                   f"{', '.join(map(str, self.fitted_lengths))}; {self.reason})"
+        return f"{self.big_o}   ({self.method}: {self.reason})"
 
     def evaluate(self, length: int, **params) -> int:
         """The derived count at n = `length` (parameters default to the pattern's)."""
         if self.pairs is None:
-            raise ValueError("a fitted complexity has no closed form")
+            raise ValueError(f"a {self.method} complexity has no closed form ({self.big_o}); "
+                             "only a derived one can be evaluated")
         bound = {k: v for k, v in self.params if not isinstance(v, bool)}
         values = {sp.Symbol(k, integer=True, positive=True): v for k, v in {**bound, **params}.items()}
         return int(self.pairs.subs(values).subs(n, length))

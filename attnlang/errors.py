@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-__all__ = ["AttnlangError", "Source", "Span", "did_you_mean"]
+__all__ = ["AttnlangError", "AttnlangWarning", "Source", "Span", "decode_source", "did_you_mean"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,23 @@ class AttnlangError(Exception):
         if self.note:
             parts.append(f"note: {self.note}")
         return "\n".join(parts)
+
+
+class AttnlangWarning(UserWarning):
+    """Something legal that is probably not what was meant (a pattern that allows no pair)."""
+
+
+def decode_source(data: bytes, filename: str) -> Source:
+    """UTF-8 program text, or an `AttnlangError` at the first byte that is not UTF-8."""
+    try:
+        return Source(bytes(data).decode("utf-8"), filename)
+    except UnicodeDecodeError as err:
+        before = bytes(data[:err.start]).decode("utf-8")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        shown = Source(bytes(data).decode("utf-8", errors="replace"), filename)
+        raise AttnlangError(f"the file is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be decoded "
+                            "(save it as UTF-8)", Span(line, column, line, column + 1, shown)) from None
 
 
 def did_you_mean(name: str, candidates) -> str:

@@ -71,6 +71,30 @@ def parse_source(source: Source) -> ast.Module:
         raise AttnlangError("expression nested too deeply", _end_span(source)) from None
 
 
+LEFT_DEEP_CHAIN = 32  # operands of an and/or chain kept left-nested, as written
+
+
+def _chain(op: str, operands: list) -> ast.Expr:
+    """`a op b op c ...` as nested `ast.Binary`s. A short chain nests to the left, as it
+    reads; a longer one (generated patterns have thousands of terms) is split in halves, so
+    every later stage recurses log(n) deep instead of n. `and` and `or` are associative, so
+    the meaning is the same, and the printed form re-parses to the same tree."""
+    if len(operands) <= LEFT_DEEP_CHAIN:
+        tree = operands[0]
+        for right in operands[1:]:
+            tree = ast.Binary(op, tree, right, _joined(tree.span, right.span))
+        return tree
+    middle = len(operands) // 2
+    left, right = _chain(op, operands[:middle]), _chain(op, operands[middle:])
+    return ast.Binary(op, left, right, _joined(left.span, right.span))
+
+
+def _joined(first: Span | None, last: Span | None) -> Span | None:
+    if first is None or last is None:
+        return first or last
+    return Span(first.line, first.column, last.end_line, last.end_column, first.source)
+
+
 # -- error translation ---------------------------------------------------------------------
 
 def _end_span(source: Source) -> Span:
@@ -297,10 +321,10 @@ class _ToAst(Transformer):
         return ast.IfExpr(*children, span=self._span(meta))
 
     def or_op(self, meta, children):
-        return ast.Binary("or", children[0], children[1], self._span(meta))
+        return _chain("or", children)
 
     def and_op(self, meta, children):
-        return ast.Binary("and", children[0], children[1], self._span(meta))
+        return _chain("and", children)
 
     def not_op(self, meta, children):
         return ast.Unary("not", children[0], self._span(meta))

@@ -35,7 +35,7 @@ step() {  # name, command...: run one step with its log under $OUT, keep going o
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
-step targets python3 -m codegen.targets --audit --json "$OUT/targets.json"
+step targets python3 -m attnlang.codegen.targets --audit --json "$OUT/targets.json"
 step gpu_tests python3 -m pytest -q -x tests/test_gpu.py --junitxml="$OUT/gpu_tests.xml"
 step kernels python3 benchmarks/kernels.py --lengths "$LENGTHS" --out "$OUT/kernels.json"
 step calibrate python3 -m attnlang.cli calibrate --hw h100 --out "$OUT/h200_profile.json"

@@ -2,7 +2,7 @@
 
 For each pattern (default parameters), target and head dim (bf16, 16 heads, N = 16384), the
 launch's kernels are compiled at the block `Pattern.compile(block="auto")` picks for the
-target's hardware profile (codegen.targets.audit), and each kernel's shared memory, registers,
+target's hardware profile (attnlang.codegen.targets.audit), and each kernel's shared memory, registers,
 spills and SASS cost per tile are recorded. Prints the kernels that do not fit; writes
 benchmarks/results/gpu_audit.json. Exit status 1 when some kernel does not fit.
 
@@ -15,12 +15,12 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # compiling runs in codegen.targets' subprocess either way
+os.environ.setdefault("TRITON_INTERPRET", "1")  # compiling runs in attnlang.codegen.targets' subprocess either way
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
-from codegen.targets import AuditFailure, audit  # noqa: E402
+from attnlang.codegen.targets import AuditFailure, audit  # noqa: E402
 
 
 def rows(reports) -> list[dict]:

@@ -1,6 +1,6 @@
 """SASS instructions per 1000 score elements of the kernels' tile loops, on a GPU target, without a GPU.
 
-One warp's instructions per tile-loop iteration (codegen.targets, counted in the cubin Triton
+One warp's instructions per tile-loop iteration (attnlang.codegen.targets, counted in the cubin Triton
 builds for the target) x warps x 1000 / (BLOCK_M x BLOCK_N): forward FULL and PARTIAL tiles
 (causal), dK/dV FULL and dQ FULL. Defaults: sm_90, d = 128, bf16, 16 heads, N = 16384, 64x64
 tiles (the issue's audit); writes benchmarks/results/instructions.json.
@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # compiling runs in codegen.targets' subprocess either way
+os.environ.setdefault("TRITON_INTERPRET", "1")  # compiling runs in attnlang.codegen.targets' subprocess either way
 
 import torch  # noqa: E402
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
 import attnlang  # noqa: E402
-from codegen.targets import resolve_target  # noqa: E402
+from attnlang.codegen.targets import resolve_target  # noqa: E402
 
 ROWS = [("forward FULL", "attention_forward", "full"), ("forward PARTIAL", "attention_forward", "partial"),
         ("dK/dV FULL", "attention_backward_kv", "full"), ("dQ FULL", "attention_backward_q", "full")]

@@ -100,7 +100,7 @@ class AttentionKernel:
     q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D) of q's dtype, H_kv dividing H (grouped-query
     attention). Heads, groups, head dim and dtype come from the tensors at each call, so one
     kernel serves them all; `heads`, `heads_kv`, `head_dim` and `dtype` given here are pins
-    that calls must match. The call is the custom op `attnlang::attention` (`codegen.op`):
+    that calls must match. The call is the custom op `attnlang::attention` (`attnlang.codegen.op`):
     differentiable (fused backward kernels, deterministic) and traceable by `torch.compile`.
     It runs the very module `attnlang compile` writes, handing it the analysis' block tables.
     """
@@ -134,7 +134,7 @@ class AttentionKernel:
 
     def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):
         """Every kernel a launch at these lengths runs, compiled for `target` ("sm_90", ...)
-        without a GPU: a `codegen.targets.TargetReport` (resources, fit, SASS cost per tile)."""
+        without a GPU: a `attnlang.codegen.targets.TargetReport` (resources, fit, SASS cost per tile)."""
         from .targets import compile_for
         return compile_for(self, target, seq_q, seq_k, inputs, **options)
 

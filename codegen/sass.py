@@ -16,7 +16,7 @@ loops worth counting are found in the disassembly without knowing how Triton lai
    edges are not followed: a retry loop of a barrier wait counts once). The instructions
    keep their source lines through inlining, so a path is PARTIAL when its own blocks (those
    not on every path of the loop) run more source that only PARTIAL tiles run than source
-   that only FULL tiles run, else FULL; which lines those are, `codegen.targets.marker_lines`
+   that only FULL tiles run, else FULL; which lines those are, `attnlang.codegen.targets.marker_lines`
    reads off the template (`_mask`, `if PARTIAL:`, calls passing PARTIAL=True or False).
    A kernel whose FULL and PARTIAL tiles have loops of their own has one path per loop.
 
@@ -221,7 +221,7 @@ def tile_loops(listing: str, partial_lines: set[tuple[str, int]],
     """The tile loops of one kernel's `nvdisasm -c -gi` listing, in address order.
 
     `partial_lines` and `full_lines` are (file, line) pairs of source that only a PARTIAL or
-    only a FULL tile runs (see `codegen.targets.marker_lines`); a path is classified by the
+    only a FULL tile runs (see `attnlang.codegen.targets.marker_lines`); a path is classified by the
     marked instructions of its own blocks, those not on every path of the loop.
     """
     instructions, labels = parse(listing)

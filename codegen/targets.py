@@ -10,15 +10,15 @@ so shared memory, registers, spills and SASS are those the GPU would load.
 
 Triton decides when it is imported whether its language is interpreted (TRITON_INTERPRET=1,
 as in the tests), and an interpreted library cannot compile. So compilation always runs in
-a fresh Python (`python -m codegen.targets --worker SPEC RESULT`) with TRITON_INTERPRET=0; it
+a fresh Python (`python -m attnlang.codegen.targets --worker SPEC RESULT`) with TRITON_INTERPRET=0; it
 writes JSON and the compiled files under the attnlang cache, and `compile_for` works the
 same from either kind of process.
 
 What fits: Triton refuses a launch whose `metadata.shared` exceeds the device's opt-in
 shared memory per block (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), so that is
-the limit here. Instruction counts per tile-loop iteration come from the SASS (codegen.sass).
+the limit here. Instruction counts per tile-loop iteration come from the SASS (attnlang.codegen.sass).
 
-    python -m codegen.targets --audit [--json FILE]   # every static stdlib pattern, sm_80 + sm_90
+    python -m attnlang.codegen.targets --audit [--json FILE]   # every static stdlib pattern, sm_80 + sm_90
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def _run_worker(spec: dict) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="0",
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     try:
-        done = subprocess.run([sys.executable, "-m", "codegen.targets", "--worker", str(spec_path),
+        done = subprocess.run([sys.executable, "-m", "attnlang.codegen.targets", "--worker", str(spec_path),
                                str(result_path)], env=env, capture_output=True, text=True,
                               timeout=WORKER_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -440,7 +440,7 @@ def _worker(spec_path: Path, result_path: Path) -> None:
     out = spec_path.parent
     from .runtime import load_module
     module = load_module(spec["source"], spec["name"], interpret=False)
-    source_file = module.__file__
+    source_file = spec["source_file"] = module.__file__
     launches = _capture_launches(module, spec)
     partial_lines, full_lines = marker_lines(spec["source"], source_file)
     kernels = [_compile_launch(launch, spec, out, partial_lines, full_lines) for launch in launches]
@@ -514,6 +514,15 @@ def _specialize(fn, args: tuple, kwargs: dict, backend):
     return fn._pack_args(backend, kwargs, bound_args, specialization, options)
 
 
+def _own_file_names(listing: str, source_file: str) -> str:
+    """The listing with every generated module's file name made `source_file`. Triton's cache
+    keys a kernel by its source text and line numbers, not by its file: a kernel identical to
+    one of an earlier module (a pattern whose backward alone changed) reuses that cubin, whose
+    line info names the earlier file. Its lines are this module's lines."""
+    folder = re.escape(str(Path(source_file).parent))
+    return re.sub(folder + r"/[\w.-]+\.py", lambda _: source_file, listing)
+
+
 def _compile_launch(launch: tuple, spec: dict, out: Path, partial_lines: set, full_lines: set) -> dict:
     """One intercepted launch compiled for the target and measured: a KernelReport's fields."""
     fn, grid, args, kwargs = launch
@@ -521,7 +530,8 @@ def _compile_launch(launch: tuple, spec: dict, out: Path, partial_lines: set, fu
     files = _keep_files(compiled, out / fn.__name__)
     ptxas_log = _ptxas_log(compiled, options, printed, out / fn.__name__ / "ptxas.json")
     resources = _resource_usage(files["cubin"])
-    loops = sass.tile_loops(_disassemble(files["cubin"]), partial_lines, full_lines)
+    loops = sass.tile_loops(_own_file_names(_disassemble(files["cubin"]), spec["source_file"]),
+                            partial_lines, full_lines)
     stack, stores, loads = _spills(ptxas_log)
     meta = compiled.metadata
     return {
@@ -690,7 +700,7 @@ def _partial_argument(call: ast.Call, callee: ast.FunctionDef) -> bool | None:
 # -- command line ---------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codegen.targets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m attnlang.codegen.targets", description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
     parser.add_argument("--audit", action="store_true", help="every static stdlib pattern, sm_80 and sm_90")
     parser.add_argument("--targets", default="sm_80,sm_90")

@@ -393,7 +393,8 @@ class _Generator:
         return self.expr(scope, INT, depth)
 
     def load(self, scope, depth) -> Expr:
-        return Expr("index", INT, (self.index(scope, depth - 1),), self.draw(st.sampled_from(scope.inputs)))
+        index = self.index(replace(scope, allow_score=False), depth - 1)  # an index cannot read score
+        return Expr("index", INT, (index,), self.draw(st.sampled_from(scope.inputs)))
 
     def int_expr(self, scope, depth) -> Expr:
         options = [(4, "arith"), (3, "divmod"), (1, "pow"), (1, "neg"), (2, "abs"), (2, "minmax"),
@@ -1443,6 +1444,7 @@ def check_flex(case: Case) -> dict:
         raise Failure(check, "flex mask_mod", "differs from the reference mask", case,
                       f"shape {exported.shape}; first difference (b, h, q, k) = {where}{summary}")
     q, k, v = _qkv(case, torch.float64, requires_grad=False)
+    reject_float64_sensitive(case, pattern, inputs, ref, _scores(case, q, k))
     ref_out, ref_lse = _reference_attention(check, case, pattern, q, k, v, inputs)
     rows = torch.from_numpy(ref.any(-1))
     gqa = {"enable_gqa": True} if (case.heads_kv or H) != H else {}
@@ -1468,29 +1470,55 @@ def reject_precision_sensitive(case: Case, pattern, inputs: dict, ref: np.ndarra
     """Reject cases whose logit moves beyond the tolerance when computed in float32, as the kernels
     do (docs/language.md "Precision"; their masks are float64, as in the reference), or whose slope
     in `score` (above 8) would magnify float32 rounding in the gradients beyond it."""
+    f64, f32 = IREvaluator(np.float64), IREvaluator(np.float32)
+    for env, score in _allowed_samples(case, pattern, inputs, ref, scores):
+        try:
+            exact, above, below = (float(f64.visit(pattern.ir.logit, {**env, "score": np.float64(s)}))
+                                   for s in (score, score + 1e-4, score - 1e-4))
+            rough = float(f32.visit(pattern.ir.logit, {**env, "score": np.float32(score)}))
+        except (Undefined, RuntimeFault):
+            raise Rejected("logit undefined") from None
+        close = abs(rough - exact) <= 1e-5 * (1 + abs(exact))
+        if not (math.isfinite(exact) and abs(exact) < 1e4 and close):
+            raise Rejected("logit depends on float precision")
+        if not abs(above - below) <= 2e-4 * 8:  # float32 errors in dq/dk grow with the slope
+            raise Rejected("logit too steep for float32 gradients")
+
+
+def reject_float64_sensitive(case: Case, pattern, inputs: dict, ref: np.ndarray, scores) -> None:
+    """Reject cases whose float64 logit is so large that its rounding (|logit| * 2^-52) exceeds
+    the flex comparison's tolerance: `bias 2147483648.0` is shift-invariant in exact arithmetic
+    only. FlexAttention and the reference then round differently, both correctly."""
+    f64 = IREvaluator(np.float64)
+    for env, score in _allowed_samples(case, pattern, inputs, ref, scores):
+        try:
+            logit = float(f64.visit(pattern.ir.logit, {**env, "score": np.float64(score)}))
+        except (Undefined, RuntimeFault):
+            raise Rejected("logit undefined") from None
+        if not abs(logit) < 1e5:
+            raise Rejected("logit too large for float64 agreement")
+
+
+def _allowed_samples(case: Case, pattern, inputs: dict, ref: np.ndarray, scores, limit: int = 300):
+    """Up to `limit` allowed pairs per batch entry, as (environment, score) for the evaluators;
+    nothing when the logit is the score itself."""
     if pattern.ir.logit == ir.Var("score", ir.Type.FLOAT):
         return
-    f64, f32 = IREvaluator(np.float64), IREvaluator(np.float32)
     with np.errstate(all="ignore"):
         for b in range(case.batch):
             rng = np.random.default_rng(case.seed + b)
             base = {"b": b, "n_q": case.seq_q, "n_k": case.seq_k, "heads": case.heads,
                     "inputs": input_rows(inputs, b)}
             allowed = np.argwhere(ref[b])
-            for h, q, k in allowed[rng.permutation(len(allowed))[:300]]:
-                env = {**base, "h": int(h), "q": int(q), "k": int(k)}
-                score = float(scores[b, h, q, k])
-                try:
-                    exact, above, below = (float(f64.visit(pattern.ir.logit, {**env, "score": np.float64(s)}))
-                                           for s in (score, score + 1e-4, score - 1e-4))
-                    rough = float(f32.visit(pattern.ir.logit, {**env, "score": np.float32(score)}))
-                except (Undefined, RuntimeFault):
-                    raise Rejected("logit undefined") from None
-                close = abs(rough - exact) <= 1e-5 * (1 + abs(exact))
-                if not (math.isfinite(exact) and abs(exact) < 1e4 and close):
-                    raise Rejected("logit depends on float precision")
-                if not abs(above - below) <= 2e-4 * 8:  # float32 errors in dq/dk grow with the slope
-                    raise Rejected("logit too steep for float32 gradients")
+            for h, q, k in allowed[rng.permutation(len(allowed))[:limit]]:
+                yield {**base, "h": int(h), "q": int(q), "k": int(k)}, float(scores[b, h, q, k])
+
+
+def _scores(case: Case, q, k) -> np.ndarray:
+    """The scaled q·k of every pair, float64 (keys repeated over the query heads they serve)."""
+    group = case.heads // (case.heads_kv or case.heads)
+    return (q.detach().double() @ k.detach().double().repeat_interleave(group, 1).transpose(-1, -2)
+            / math.sqrt(q.shape[-1])).numpy()
 
 
 def _grads(loss, tensors):
@@ -1503,7 +1531,7 @@ def _grads(loss, tensors):
 def check_kernel(case: Case) -> dict:
     import torch
 
-    from codegen.runtime import load_module
+    from attnlang.codegen.runtime import load_module
     check = "kernel"
     pattern = build(check, case)
     if pattern.is_routed:
@@ -1513,9 +1541,7 @@ def check_kernel(case: Case) -> dict:
     reject_undefined(case, pattern, inputs, range(case.batch), logit=True)
     q, k, v = _qkv(case, torch.float32, requires_grad=True)
     heads_kv = case.heads_kv or case.heads
-    scale = 1 / math.sqrt(16)
-    scores = (q.detach().double() @ k.detach().double().repeat_interleave(case.heads // heads_kv, 1)
-              .transpose(-1, -2) * scale).numpy()
+    scores = _scores(case, q, k)
     reject_precision_sensitive(case, pattern, inputs, ref, scores)
     summary = _program_summary(pattern)
     grad_out = torch.randn(case.batch, case.heads, case.seq_q, 16,

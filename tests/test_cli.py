@@ -126,3 +126,94 @@ def test_show_png_writes_a_picture(tmp_path, capsys):
     code, out, _ = run(capsys, "show", "patterns/duo.attn", "duo", "--seq", "2048", "--heads", "2",
                        "-D", "retrieval_heads=1", "-D", "window=256", "--png", str(path))
     assert code == 0 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- user errors found by trying the tool: each is a report and exit 2, never a traceback -----
+
+FORWARDING = """
+pattern pairs_of(group = 4) {
+    mask q // group == k // group
+}
+pattern with_sinks(group = 4, sinks = 2) {
+    mask pairs_of(group) or (k < sinks and q >= k)
+}
+pattern used(group = 4) {
+    use pairs_of(group)
+}
+"""
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.attn").write_bytes(b"pattern p() {\n    mask q >= k  # caf\xe9\n}\n")
+    (tmp_path / "forwarding.attn").write_text(FORWARDING)
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "latin1.attn"], "latin1.attn:2:23: error: the file is not UTF-8 text: byte 0xe9"),
+    (["list", "latin1.attn"], "latin1.attn:2:23: error: the file is not UTF-8 text"),
+    (["show", "latin1.attn", "p", "--seq", "8"], "not UTF-8 text"),
+    (["show", "stdlib", "causal", "--seq", "10000000", "--block", "16"],
+     "--block 16 gives 625,000 tiles on a side; show draws at most 512: pass --block 32768 or more"),
+    (["analyze", "stdlib", "causal", "--seq", "1099511627776"], "the analysis stops there to bound its memory"),
+    (["compile", "stdlib", "causal", "-o", "missing_dir/k.py"], "the folder 'missing_dir' does not exist"),
+    (["compile", "stdlib", "causal", "-o", "folder"], "-o folder is a folder; give a file name"),
+    (["show", "stdlib", "causal", "--seq", "64", "--png", "missing_dir/x.png"], "the folder 'missing_dir' does not"),
+    (["show", "stdlib", "causal", "--seq", "64", "--png", "x.jpg"], "cannot write a '.jpg' file; use .png"),
+    (["simulate", "stdlib", "causal", "--seq", "4096", "--plot", "missing_dir/x.png"], "'missing_dir' does not"),
+    (["simulate", "stdlib", "causal", "--seq", "4096", "--plot", "x.txt"],
+     "--plot x.txt: cannot write a '.txt' file; use .png, .pdf or .svg"),
+    (["simulate", "stdlib", "causal", "--seq", "4096", "--plot", "folder"], "--plot folder is a folder"),
+    (["show", "stdlib", "causal", "--seq", "200", "--block", "0"], "--block must be a positive integer, got 0"),
+    (["analyze", "stdlib", "causal", "--seq", "200", "--block", "0"], "--block must be a positive integer, got 0"),
+])
+def test_user_errors_are_reports(files, capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not list(files.glob("missing_dir*")) and not (files / "x.txt").exists()
+
+
+def test_a_huge_analysis_runs_in_bounded_memory(capsys):
+    code, out, err = run(capsys, "analyze", "stdlib", "causal", "--seq", "10000000", "--block", "16")
+    assert code == 0 and "625,000 partial" in out and "= 50,000,005,000,000 at n = 10000000" in out
+
+
+def test_a_picture_name_without_a_suffix_is_written_as_png_and_said_so(files, capsys):
+    code, out, _ = run(capsys, "simulate", "stdlib", "causal", "--seq", "4096", "--plot", "speedup")
+    assert code == 0 and "wrote speedup.png" in out and (files / "speedup.png").exists()
+
+
+@pytest.mark.parametrize("name", ["with_sinks", "used"])
+def test_forwarded_parameters_reach_analyze_and_complexity(files, capsys, name):
+    code, out, err = run(capsys, "analyze", "forwarding.attn", name, "--seq", "1024")
+    assert code == 0 and "compile-time constant" not in err
+    pattern = attnlang.load(files / "forwarding.attn")[name]
+    complexity = pattern.complexity()
+    if complexity.method == "derived":  # the forwarded parameter stays a symbol of the caller
+        assert "group" in str(complexity.pairs)
+        for group in (2, 8):
+            bound = pattern.bind(group=group)
+            assert bound.complexity().evaluate(1024) == bound.reference_mask(1024, 1024, 1).sum()
+
+
+def test_a_pattern_that_allows_no_pair_warns(capsys):
+    for argv in (["show", "stdlib", "sliding_window", "--seq", "64", "-D", "window=-5"],
+                 ["analyze", "stdlib", "sliding_window", "--seq", "640", "-D", "window=-5"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and "warning: pattern 'sliding_window(window=-5)' allows no (query, key) pair" in err
+
+
+def test_analyze_names_the_method_once(capsys):
+    _, out, _ = run(capsys, "analyze", "stdlib", "swin", "--seq", "1024")
+    assert "(fitted)" in out and "(fitted)   (fitted)" not in out
+
+
+def test_list_prints_whole_first_sentences(capsys):
+    _, out, _ = run(capsys, "list")
+    summaries = [line.strip() for line in out.splitlines() if line.startswith("    ")]
+    biformer = out.split("biformer(")[1].split("\n", 1)[1].split("bigbird(")[0]
+    assert " ".join(biformer.split()).endswith("matches its mean query.")
+    assert summaries and all(len(line) <= 96 - 4 for line in summaries)

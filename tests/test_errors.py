@@ -4,6 +4,7 @@ Each row is (program, expected message fragment, line, column). The rendered rep
 be `t.attn:LINE:COL: error: ...`, the source line, and a caret under the offending token.
 """
 
+import numpy as np
 import pytest
 
 import attnlang
@@ -104,3 +105,57 @@ def test_caret_spans_the_whole_token():
     with pytest.raises(attnlang.AttnlangError) as info:
         attnlang.parse("pattern p() {\n    mask q < windw\n}", "t.attn")
     assert str(info.value).splitlines()[2] == " " * 17 + "^~~~~"
+
+
+# -- the Python API: wrong input is an AttnlangError (or a warning), never a raw traceback ----
+
+def test_program_bytes_are_decoded_as_utf8():
+    assert attnlang.parse(b"pattern p() { mask q >= k }")["p"].label == "p()"
+    with pytest.raises(attnlang.AttnlangError) as info:
+        attnlang.parse(b"pattern p() {\n  mask q >= k \xff\n}", "t.attn")
+    assert str(info.value).startswith("t.attn:2:15: error: the file is not UTF-8 text: byte 0xff")
+    with pytest.raises(attnlang.AttnlangError, match="parse expects the program text as str or UTF-8 bytes, got int"):
+        attnlang.parse(3)
+
+
+@pytest.mark.parametrize("op, terms", [("and", 5000), ("or", 20000)])
+def test_flat_chains_of_any_length_parse(op, terms):
+    condition = "q + {} >= k" if op == "and" else "q == k + {}"
+    body = f" {op} ".join(condition.format(i) for i in range(terms))
+    pattern = attnlang.parse(f"pattern c() {{\n    mask {body}\n}}")["c"]
+    mask = pattern.reference_mask(40, 40, 1)[0]
+    expected = np.subtract.outer(np.arange(40), np.arange(40)) >= 0
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_printed_long_chains_reparse_to_the_same_tree():
+    from attnlang.parser import parse_source
+    from attnlang.printer import print_pattern
+    text = "pattern c() {\n    mask " + " and ".join(f"k != {i}" for i in range(100)) + "\n}\n"
+    decl = parse_source(attnlang.errors.Source(text)).patterns[0]
+    again = parse_source(attnlang.errors.Source(print_pattern(decl))).patterns[0]
+    assert again == decl
+
+
+def test_complexity_of_every_kind_prints():
+    lib = attnlang.stdlib()
+    for name, method in (("moba", "bound"), ("document", "input-dependent"), ("swin", "fitted"),
+                         ("causal", "derived")):
+        complexity = lib[name].complexity()
+        assert complexity.method == method and complexity.big_o in str(complexity)
+    with pytest.raises(ValueError, match="a bound complexity has no closed form"):
+        lib["moba"].complexity().evaluate(1024)
+
+
+def test_a_mask_that_allows_nothing_warns():
+    pattern = attnlang.stdlib()["sliding_window"].bind(window=-5)
+    with pytest.warns(attnlang.AttnlangWarning, match=r"sliding_window\(window=-5\)' allows no"):
+        pattern.analyze(64, 64, 1, 16)
+
+
+def test_dense_maps_beyond_the_limit_are_refused_and_everything_else_works():
+    block_map = attnlang.stdlib()["causal"].analyze(10_000_000, block=16)
+    assert block_map.counts["partial"] == 625_000 and block_map.density() == pytest.approx(0.5, abs=1e-6)
+    assert block_map.kernel_tables["forward"][0][0].shape == (1, 625_000)
+    with pytest.raises(attnlang.AttnlangError, match="the dense tile map would hold 390,625,000,000 tiles"):
+        block_map.kinds

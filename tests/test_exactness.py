@@ -15,8 +15,8 @@ import attnlang
 from attnlang import ir
 from attnlang.ir import Type
 from attnlang.reference import Evaluator, _TorchOps
-from codegen.derivative import differentiate
-from codegen.runtime import load_module
+from attnlang.codegen.derivative import differentiate
+from attnlang.codegen.runtime import load_module
 
 from .test_kernels import check_against_reference
 

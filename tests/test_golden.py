@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import attnlang
-from codegen.template import TEMPLATE, standalone_source, statement_origins
+from attnlang.codegen.template import TEMPLATE, standalone_source, statement_origins
 
 GOLDEN = Path(__file__).with_name("golden")
 PATTERNS = {"causal": {}, "alibi": {}, "document": {}, "softcap": {"cap": 20.0}, "neighborhood2d": {}}

@@ -196,7 +196,7 @@ def test_compile_writes_a_standalone_module(tmp_path):
 def test_standalone_module_fills_its_tables_on_the_device(tmp_path):
     """The device-side tile classifier agrees with the analysis (tiles cut by a ragged end partial)."""
     import importlib.util
-    from codegen.template import standalone_source
+    from attnlang.codegen.template import standalone_source
     pattern = attnlang.stdlib()["duo"].bind(retrieval_heads=1, window=9, sinks=2)
     path = tmp_path / "duo.py"
     path.write_text(standalone_source(pattern.ir, (16, 16)))

@@ -15,7 +15,7 @@ from torch.nn.attention.flex_attention import flex_attention
 
 import attnlang
 from attnlang import builtins, complexity, export, intervals, ir, printer, reference, simulator
-from codegen import derivative, triton_printer
+from attnlang.codegen import derivative, triton_printer
 
 from .test_exactness import assert_flex_mask, assert_sound
 from .test_kernels import check_against_reference

@@ -1,4 +1,4 @@
-"""Kernels compiled for GPU targets without a GPU (codegen.targets): every kernel a launch runs,
+"""Kernels compiled for GPU targets without a GPU (attnlang.codegen.targets): every kernel a launch runs,
 specialized as Triton's launcher would and compiled by Triton for sm_80 and sm_90, must fit.
 
 The tests run under the interpreter (TRITON_INTERPRET=1); compilation happens in a subprocess
@@ -21,8 +21,8 @@ import pytest
 
 from attnlang.cli import main
 from attnlang.errors import AttnlangError
-from codegen import sass
-from codegen.targets import TARGETS, TargetReport, audit_cases, marker_lines, resolve_target, unavailable
+from attnlang.codegen import sass
+from attnlang.codegen.targets import TARGETS, TargetReport, audit_cases, marker_lines, resolve_target, unavailable
 
 from .flex_mods import MODS
 
@@ -185,3 +185,12 @@ def kernel(acc):
     partial, full = marker_lines(source, "m.py")
     assert sorted(line for _, line in partial) == [4, 5, 10, 18, 19]
     assert sorted(line for _, line in full) == [12, 17]
+
+
+def test_line_info_of_a_cached_identical_kernel_counts_as_this_module():
+    from attnlang.codegen.targets import _own_file_names
+    listing = ('/*0040*/ HMMA ; // ## File "/c/kernels/causal_old.py", line 264 inlined at '
+               '"/c/kernels/causal_old.py", line 57\n/*0050*/ EXIT ; // ## File "/t/triton/standard.py", line 9')
+    mapped = _own_file_names(listing, "/c/kernels/causal_new.py")
+    assert mapped.count("/c/kernels/causal_new.py") == 2 and "causal_old" not in mapped
+    assert "/t/triton/standard.py" in mapped

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnlang
-from codegen import op
+from attnlang.codegen import op
 
 
 class TinyAttention(torch.nn.Module):
