@@ -159,3 +159,11 @@ def test_dense_maps_beyond_the_limit_are_refused_and_everything_else_works():
     assert block_map.kernel_tables["forward"][0][0].shape == (1, 625_000)
     with pytest.raises(attnlang.AttnlangError, match="the dense tile map would hold 390,625,000,000 tiles"):
         block_map.kinds
+
+
+def test_the_readme_api_is_exported():
+    for name in ("parse", "load", "stdlib", "attention", "from_mask_mod", "simulate", "AttnlangError",
+                 "AttnlangWarning", "BlockMap"):
+        assert name in attnlang.__all__ and callable(getattr(attnlang, name))
+    result = attnlang.simulate(attnlang.stdlib()["causal"], seq=4096)
+    assert 1.5 < result.speedup < 2.5
