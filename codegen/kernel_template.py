@@ -195,23 +195,25 @@ def _table_row(start, off_b, off_h, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.const
 def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos, off_b, off_h, N_Q, N_K,
                    qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn, stride_vn,
                    HEADS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                   PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
-    """The online softmax over the tiles of one table (FULL or PARTIAL) of this tile row."""
+                   PARTIAL: tl.constexpr, BOUNDED: tl.constexpr, PRECISION: tl.constexpr):
+    """The online softmax over the tiles of one table (FULL or PARTIAL) of this tile row.
+    BOUNDED: check the lengths (PARTIAL tiles of a launch whose lengths are not whole tiles)."""
     for i in range(tl.load(NUM + row)):
         first, count = _table_entry(IDX, width, row, i, PARTIAL)
         for j in range(count):
             offs_n = (first + j) * BLOCK_N + tl.arange(0, BLOCK_N)
             k_pos = offs_n[None, :]
             # -- load the key/value tile --
-            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, BOUNDED)
+            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, BOUNDED)
             # -- the logits, in log2 units --
             qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
             score = _logit2(qk * qk_scale, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
                             HEADS)
             if PARTIAL:
-                allowed = (k_pos < N_K) & _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
-                                                INPUT_LEN, HEADS)
+                allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+                if BOUNDED:  # rows past N_Q are never stored: only the keys need the bound
+                    allowed = allowed & (k_pos < N_K)
                 score = tl.where(allowed, score, float("-inf"))
             # -- online softmax: a row with nothing allowed yet keeps m_i = -inf and sums 0 --
             m_new = tl.maximum(m_i, tl.max(score, 1))
@@ -231,7 +233,7 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
                       stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                       HEADS: tl.constexpr, GROUP: tl.constexpr, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
                       HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr, PRECISION: tl.constexpr):
     start_m = tl.program_id(0)
     off_b = tl.program_id(1) // HEADS
     off_h = tl.program_id(1) % HEADS
@@ -251,11 +253,13 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
     # -- full tiles: no mask, no bounds --
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, K_head, V_head, FULL_NUM, FULL_IDX, full_width, row, q_pos,
                                    off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN,
-                                   stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, PRECISION)
+                                   stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, False,
+                                   PRECISION)
     # -- partial tiles: the pattern's mask --
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, K_head, V_head, PART_NUM, PART_IDX, part_width, row, q_pos,
                                    off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN,
-                                   stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, PRECISION)
+                                   stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, RAGGED,
+                                   PRECISION)
     # -- epilogue: fully masked rows give 0 and -inf; the LSE back in natural units --
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -270,8 +274,8 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
 
 @triton.jit
 def _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                   stride_input, INPUT_LEN, HEADS: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
-                   LOGIT_IS_SCORE: tl.constexpr):
+                   stride_input, INPUT_LEN, HEADS: tl.constexpr, PARTIAL: tl.constexpr, BOUNDED: tl.constexpr,
+                   PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr):
     """Recompute the probabilities of one tile; return them and dS (w.r.t. the natural score)."""
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     score = qk * qk_scale
@@ -279,8 +283,9 @@ def _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_
         score = _logit2(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
     p = tl.math.exp2(score - lse2[:, None])
     if PARTIAL:
-        allowed = (k_pos < N_K) & (q_pos < N_Q) & _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B,
-                                                        stride_input, INPUT_LEN, HEADS)
+        allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+        if BOUNDED:  # both: a padded row's LSE reads 0, and dK/dV sum over rows
+            allowed = allowed & (k_pos < N_K) & (q_pos < N_Q)
         p = tl.where(allowed, p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
@@ -304,19 +309,19 @@ def _row_statistics(Lse, Delta, rows, valid):
 def _backward_kv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, NUM, IDX, width, row, k_pos, off_b, off_h, N_Q, N_K,
                        qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_qm,
                        HEADS: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-                       HEAD_DIM_P: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
-                       LOGIT_IS_SCORE: tl.constexpr):
+                       HEAD_DIM_P: tl.constexpr, PARTIAL: tl.constexpr, BOUNDED: tl.constexpr,
+                       PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr):
     """dK and dV of one key tile from the query tiles of one transposed table."""
     for i in range(tl.load(NUM + row)):
         first, count = _table_entry(IDX, width, row, i, PARTIAL)
         for j in range(count):
             offs_m = (first + j) * BLOCK_M + tl.arange(0, BLOCK_M)
             q_pos = offs_m[:, None]
-            q = _load_tile(Q, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-            do = _load_tile(DO, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            q = _load_tile(Q, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, BOUNDED)
+            do = _load_tile(DO, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, BOUNDED)
             lse2, delta = _row_statistics(Lse, Delta, offs_m, offs_m < N_Q)
             p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                                   stride_input, INPUT_LEN, HEADS, PARTIAL, PRECISION, LOGIT_IS_SCORE)
+                                   stride_input, INPUT_LEN, HEADS, PARTIAL, BOUNDED, PRECISION, LOGIT_IS_SCORE)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     return dk, dv
@@ -330,7 +335,8 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
                           HEADS: tl.constexpr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
                           MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
                           HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr,
+                          PRECISION: tl.constexpr):
     """dK and dV of one key tile: the query tiles of the transposed tables, every head of the group."""
     start_n = tl.program_id(0)
     off_b = tl.program_id(1) // HEADS_KV
@@ -352,11 +358,11 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
         dk, dv = _backward_kv_tiles(dk, dv, k, v, Q + head, DO + head, Lse + stats, Delta + stats, FULL_NUM,
                                     FULL_IDX, full_width, row, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
                                     stride_input, INPUT_LEN, stride_qm, HEADS, BLOCK_M, HEAD_DIM, HEAD_DIM_P,
-                                    False, PRECISION, LOGIT_IS_SCORE)
+                                    False, False, PRECISION, LOGIT_IS_SCORE)
         dk, dv = _backward_kv_tiles(dk, dv, k, v, Q + head, DO + head, Lse + stats, Delta + stats, PART_NUM,
                                     PART_IDX, part_width, row, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
                                     stride_input, INPUT_LEN, stride_qm, HEADS, BLOCK_M, HEAD_DIM, HEAD_DIM_P,
-                                    True, PRECISION, LOGIT_IS_SCORE)
+                                    True, RAGGED, PRECISION, LOGIT_IS_SCORE)
     kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
     out = off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -367,17 +373,18 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
 def _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, NUM, IDX, width, row, q_pos, off_b, off_h, N_Q,
                       N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn, stride_vn,
                       HEADS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                      PARTIAL: tl.constexpr, PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr):
+                      PARTIAL: tl.constexpr, BOUNDED: tl.constexpr, PRECISION: tl.constexpr,
+                      LOGIT_IS_SCORE: tl.constexpr):
     """dQ of one query tile from the key tiles of one forward table."""
     for i in range(tl.load(NUM + row)):
         first, count = _table_entry(IDX, width, row, i, PARTIAL)
         for j in range(count):
             offs_n = (first + j) * BLOCK_N + tl.arange(0, BLOCK_N)
             k_pos = offs_n[None, :]
-            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
-            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, PARTIAL)
+            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, BOUNDED)
+            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, BOUNDED)
             p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                                   stride_input, INPUT_LEN, HEADS, PARTIAL, PRECISION, LOGIT_IS_SCORE)
+                                   stride_input, INPUT_LEN, HEADS, PARTIAL, BOUNDED, PRECISION, LOGIT_IS_SCORE)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return dq
 
@@ -389,7 +396,8 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
                          stride_vb, stride_vh, stride_vn,
                          HEADS: tl.constexpr, GROUP: tl.constexpr, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
                          HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr,
+                         PRECISION: tl.constexpr):
     """dQ of one query tile, over the key tiles of the forward tables (no atomics: deterministic)."""
     start_m = tl.program_id(0)
     off_b = tl.program_id(1) // HEADS
@@ -410,10 +418,12 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
     row = _table_row(start_m, off_b, off_h, MAP_HEADS, MAP_BATCH)
     dq = _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, FULL_NUM, FULL_IDX, full_width, row, q_pos,
                            off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn,
-                           stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, PRECISION, LOGIT_IS_SCORE)
+                           stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, False, PRECISION,
+                           LOGIT_IS_SCORE)
     dq = _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, PART_NUM, PART_IDX, part_width, row, q_pos,
                            off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn,
-                           stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, PRECISION, LOGIT_IS_SCORE)
+                           stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, RAGGED, PRECISION,
+                           LOGIT_IS_SCORE)
     q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(DQ + head + offs_m[:, None] * stride_qm + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=q_mask)
@@ -502,11 +512,13 @@ def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=
 
 # -- launch and autograd --------------------------------------------------------------------------
 
-def launch_meta(tables, heads, heads_kv, head_dim, dtype, block_m, block_n):
-    """The constexpr specialization of a launch."""
+def launch_meta(tables, heads, heads_kv, head_dim, dtype, block_m, block_n, seq_q, seq_k):
+    """The constexpr specialization of a launch. RAGGED: a length is not whole tiles, so PARTIAL
+    tiles check the lengths (at most two variants per shape, as FlexAttention's IS_DIVISIBLE)."""
     return dict(HEADS=heads, GROUP=heads // heads_kv, MAP_HEADS=tables["map_heads"], MAP_BATCH=tables["map_batch"],
                 HEAD_DIM=head_dim, HEAD_DIM_P=max(16, triton.next_power_of_2(head_dim)),
-                BLOCK_M=block_m, BLOCK_N=block_n, PRECISION="ieee" if dtype == torch.float32 else "tf32")
+                BLOCK_M=block_m, BLOCK_N=block_n, RAGGED=seq_q % block_m != 0 or seq_k % block_n != 0,
+                PRECISION="ieee" if dtype == torch.float32 else "tf32")
 
 
 def _table_arguments(tables, direction):
@@ -526,7 +538,7 @@ def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
     heads_kv, seq_k = k.shape[1], k.shape[2]
     if tables is None:
         tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n, batch)
-    meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
+    meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n, seq_q, seq_k)
     out = torch.empty_like(q)
     lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
     attention_forward[(triton.cdiv(seq_q, block_m), batch * heads)](
@@ -548,7 +560,7 @@ def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tab
     delta = delta.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-    meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n)
+    meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n, seq_q, seq_k)
     stacked = _input_arguments(stack_inputs(inputs, q.device))
     attention_backward_kv[(triton.cdiv(seq_k, block_n), batch * heads_kv)](
         q, k, v, dout, lse, delta, dk, dv, *_table_arguments(tables, "backward"), *stacked, scale,

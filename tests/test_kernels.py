@@ -60,6 +60,20 @@ def test_stdlib_kernels_match_the_reference(lib, name):
     check_against_reference(pattern, 70, 53, inputs=inputs)
 
 
+@pytest.mark.parametrize("name, seq_q, seq_k, block", [
+    ("causal", 64, 48, 16), ("sliding_window", 64, 64, 32), ("alibi", 32, 64, (16, 32)), ("softcap", 48, 48, 16),
+])
+def test_lengths_of_whole_tiles_launch_without_bounds_checks(lib, name, seq_q, seq_k, block):
+    from attnlang.codegen.kernel_template import launch_meta
+    pattern = lib[name].bind(**MODS[name][0])
+    bm, bn = (block, block) if isinstance(block, int) else block
+    tables = {"map_heads": 1, "map_batch": 1}
+    assert launch_meta(tables, 2, 2, 16, torch.float32, bm, bn, seq_q, seq_k)["RAGGED"] is False
+    assert launch_meta(tables, 2, 2, 16, torch.float32, bm, bn, seq_q + 1, seq_k)["RAGGED"] is True
+    check_against_reference(pattern, seq_q, seq_k, block=block)
+    check_against_reference(pattern, seq_q - 3, seq_k, block=block)  # the ragged variant of the same kernel
+
+
 def test_grouped_query_attention(lib):
     check_against_reference(lib["duo"].bind(retrieval_heads=1, window=9, sinks=2), 50, 50, heads=4, heads_kv=2)
 
