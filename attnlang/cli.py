@@ -107,6 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--block", default="128,64", metavar="BM,BN")
     simulate.add_argument("--backward", action="store_true", help="forward + backward")
     simulate.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=V*COUNT,...")
+    simulate.add_argument("--costs", default="model", choices=["model", "compiled"],
+                          help="price tiles by the IR's operations (model) or by the kernels' SASS, compiled for "
+                               "the hardware's architecture without a GPU (compiled; cached)")
     simulate.add_argument("--json", action="store_true")
     simulate.add_argument("--plot", metavar="FILE", help="speedup against length, as a PNG")
     simulate.set_defaults(run=_run_simulate)
@@ -280,7 +283,7 @@ def _run_simulate(args) -> int:
             inputs = _parse_inputs(args.inputs, pattern, n) if pattern.inputs else None
             results.append(simulate(pattern, seq=n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                                     batch=args.batch, hardware=hardware, backward=args.backward, block=block,
-                                    inputs=inputs))
+                                    inputs=inputs, costs=args.costs))
         series[pattern.label] = results
     if args.json:
         print(json.dumps([r.as_dict() for results in series.values() for r in results]))

@@ -30,12 +30,14 @@ from . import ir
 from .analysis import FULL, PARTIAL, BlockMap
 from .errors import AttnlangError
 
-__all__ = ["Hardware", "SimResult", "simulate", "ir_cost", "schedule_programs", "HARDWARE", "load_hardware"]
+__all__ = ["Hardware", "SimResult", "TileInstructions", "simulate", "ir_cost", "schedule_programs", "HARDWARE",
+           "load_hardware", "compiled_instructions"]
 
 HARDWARE = ("h100", "h200", "a100", "b200", "l40s")
 REQUIRED = ("name", "sms", "bf16_tflops", "fp32_tflops", "hbm_gb_per_s", "l2_mib", "smem_kib_per_sm", "clock_ghz")
 EFFICIENCY = ("mma", "elementwise", "memory", "tile_overhead_ns", "program_overhead_ns", "programs_per_sm")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+ISSUE_PER_CLOCK = 4     # warp instructions an SM issues per clock: 4 schedulers (sm_70 and later)
 SOFTMAX_OPS = 6.0       # per pair: scale, max, subtract, exp, sum, convert
 BACKWARD_OPS = 10.0     # per pair and backward pass: recompute exp, dP - delta, products, converts
 
@@ -62,6 +64,7 @@ class Hardware:
     smem_kib_per_sm: float
     clock_ghz: float
     efficiency: dict = field(default_factory=dict)
+    compute_capability: int | None = None  # e.g. 90; None: a profile that does not say (smem_kib_per_sm then)
 
 
 def load_hardware(name_or_path: str) -> Hardware:
@@ -111,7 +114,12 @@ def _validate(data: dict, source: str, key: str) -> Hardware:
     for name in ("mma", "elementwise", "memory"):
         if efficiency[name] > 1:
             raise AttnlangError(f"hardware profile {source}: efficiency.{name} must be at most 1, got {efficiency[name]}")
-    return Hardware(key=key, name=str(data["name"]), **{f: data[f] for f in REQUIRED[1:]}, efficiency=dict(efficiency))
+    capability = data.get("compute_capability")
+    if capability is not None and (isinstance(capability, bool) or not isinstance(capability, int) or capability < 70):
+        raise AttnlangError(f"hardware profile {source}: compute_capability must be an int such as 80 or 90, "
+                            f"got {capability!r}")
+    return Hardware(key=key, name=str(data["name"]), **{f: data[f] for f in REQUIRED[1:]}, efficiency=dict(efficiency),
+                    compute_capability=capability)
 
 
 def _check_positive(source, name, value, allow_zero=False):
@@ -190,14 +198,19 @@ class _TileCosts:
     """Seconds per visited tile on one SM, split into MMA, elementwise, memory and overhead."""
 
     def __init__(self, hw: Hardware, bm: int, bn: int, dim: int, dtype: str, elementwise_ops: float,
-                 flops_per_pair_dim: float, loaded_rows: int, compute_only: bool):
+                 flops_per_pair_dim: float, loaded_rows: int, compute_only: bool,
+                 instructions: float | None = None):
         eff = hw.efficiency
         peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12 / hw.sms
         fp32 = hw.fp32_tflops * 1e12 / hw.sms
         bandwidth = hw.hbm_gb_per_s * 1e9 / hw.sms
         pairs = bm * bn
         self.mma = flops_per_pair_dim * pairs * dim / (peak * eff["mma"])
-        self.elementwise = 0.0 if compute_only else elementwise_ops * pairs / (fp32 * eff["elementwise"])
+        if instructions is not None:  # the compiled tile loop: every warp instruction takes an issue slot
+            work = instructions / (ISSUE_PER_CLOCK * hw.clock_ghz * 1e9)
+        else:                         # the IR's operations, weighted
+            work = elementwise_ops * pairs / fp32
+        self.elementwise = 0.0 if compute_only else work / eff["elementwise"]
         load = loaded_rows * dim * DTYPE_BYTES[dtype] / (bandwidth * eff["memory"])
         self.memory = 0.0 if compute_only else max(0.0, load - self.mma - self.elementwise)
         self.overhead = 0.0 if compute_only else eff["tile_overhead_ns"] * 1e-9
@@ -210,8 +223,13 @@ class _TileCosts:
 def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_dim: int = 128,
              dtype: str = "bf16", batch: int = 1, hardware="h100", backward: bool = False,
              block=(128, 64), seq_k: int | None = None, inputs=None, placement: str = "greedy",
-             compute_only: bool = False, partial_as_full: bool = False) -> SimResult:
+             compute_only: bool = False, partial_as_full: bool = False, costs="model") -> SimResult:
     """Predicted time of attnlang's kernel for a pattern (or a block map) on a GPU.
+
+    `costs` prices a tile's non-MMA work: "model" weighs the IR's operations (fast, no
+    compiler); "compiled" compiles the launch's kernels for the hardware's architecture (no GPU
+    needed; cached on disk) and charges each FULL and PARTIAL tile its SASS instructions per
+    tile-loop iteration at ISSUE_PER_CLOCK a clock; or pass a `TileInstructions`.
 
     `speedup` is against the same kernel on a dense (all-FULL) map; `upper_bound` is
     dense tiles / visited tiles (what a tile-counting simulator would claim). With
@@ -225,6 +243,7 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     pattern = block_map.pattern
     bm, bn = block_map.block_q, block_map.block_k
     seq, seq_k = block_map.seq_q, block_map.seq_k
+    instructions = _instructions(costs, pattern_or_blockmap, block_map, hw, head_dim, dtype, inputs)
     logit_ops = ir_cost(pattern.logit)
     mask_ops = 0.0 if partial_as_full else ir_cost(pattern.mask) + 2  # + bounds check and select
     slots = hw.sms * int(hw.efficiency["programs_per_sm"])
@@ -237,9 +256,11 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
             passes += [("backward_kv", kinds.transpose(0, 2, 1), 8.0, BACKWARD_OPS + logit_ops + derivative, 2 * bm),
                        ("backward_q", kinds, 6.0, BACKWARD_OPS + logit_ops + derivative, 2 * bn)]
         total, parts = 0.0, {"mma": 0.0, "elementwise": 0.0, "memory": 0.0, "overhead": 0.0, "imbalance": 0.0}
-        for _, pass_kinds, flops, ops, rows in passes:
-            full = _TileCosts(hw, bm, bn, head_dim, dtype, ops, flops, rows, compute_only)
-            partial = _TileCosts(hw, bm, bn, head_dim, dtype, ops + mask_ops, flops, rows, compute_only)
+        for kernel, pass_kinds, flops, ops, rows in passes:
+            counts = instructions.per_tile(kernel) if instructions else (None, None)
+            full = _TileCosts(hw, bm, bn, head_dim, dtype, ops, flops, rows, compute_only, counts[0])
+            partial = _TileCosts(hw, bm, bn, head_dim, dtype, ops + mask_ops, flops, rows, compute_only,
+                                 counts[0] if partial_as_full else counts[1])
             n_full = (pass_kinds == FULL).sum(-1).astype(np.float64)
             n_partial = (pass_kinds == PARTIAL).sum(-1).astype(np.float64)
             program = 0.0 if compute_only else hw.efficiency["program_overhead_ns"] * 1e-9
@@ -273,6 +294,72 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     )
 
 
+@dataclass(frozen=True)
+class TileInstructions:
+    """SASS warp instructions of one tile-loop iteration, FULL and PARTIAL, of each kernel of a
+    launch (forward, backward_kv, backward_q), all warps together: what `costs="compiled"`
+    charges. From `attnlang.codegen.targets` reports (`from_report`)."""
+
+    target: str
+    per_kernel: dict  # kernel -> (full, partial): instructions x warps, None where no loop was found
+
+    @classmethod
+    def from_report(cls, report) -> "TileInstructions":
+        per_kernel = {}
+        for k in report:
+            full = k.full_instructions and k.full_instructions * k.num_warps
+            partial = k.partial_instructions and k.partial_instructions * k.num_warps
+            per_kernel[k.kernel.removeprefix("attention_")] = (full or partial, partial or full)
+        return cls(report.target, per_kernel)
+
+    def per_tile(self, kernel: str) -> tuple[float | None, float | None]:
+        return self.per_kernel.get(kernel, (None, None))
+
+
+def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_dim: int, dtype: str, seq: int,
+                          inputs=None) -> TileInstructions:
+    """The launch's kernels compiled for `hw`'s architecture (attnlang.codegen.targets, no GPU),
+    their instruction counts cached in ~/.cache/attnlang/costs by kernel source and launch."""
+    import hashlib
+    import json
+    import os
+
+    import torch
+
+    from .codegen.targets import resolve_target
+    if hw.compute_capability is None:
+        raise AttnlangError(f"hardware profile {hw.key} has no compute_capability: costs='compiled' needs the "
+                            "architecture to compile for")
+    target = resolve_target(f"sm_{hw.compute_capability}")
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    kernel = pattern.compile(heads=16, head_dim=head_dim, dtype=torch_dtype, block=block)
+    ragged = seq % block[0] != 0 or seq % block[1] != 0
+    key = hashlib.sha256(repr((kernel.source, target.name, head_dim, dtype, ragged, seq % 16 == 0)).encode())
+    cache = Path(os.environ.get("ATTNLANG_CACHE", Path.home() / ".cache" / "attnlang")) / "costs"
+    path = cache / f"{key.hexdigest()[:24]}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return TileInstructions(data["target"], {k: tuple(v) for k, v in data["per_kernel"].items()})
+    counts = TileInstructions.from_report(kernel.compile_for(target, seq, inputs=inputs))
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"target": counts.target, "per_kernel": counts.per_kernel}))
+    return counts
+
+
+def _instructions(costs, source, block_map: BlockMap, hw: Hardware, head_dim: int, dtype: str,
+                  inputs) -> TileInstructions | None:
+    if isinstance(costs, TileInstructions):
+        return costs
+    if costs == "model":
+        return None
+    if costs != "compiled":
+        raise AttnlangError(f"costs must be 'model', 'compiled' or a TileInstructions, got {costs!r}")
+    if isinstance(source, BlockMap):
+        raise AttnlangError("costs='compiled' compiles the pattern's kernels: pass the Pattern, not a BlockMap")
+    return compiled_instructions(source, hw, (block_map.block_q, block_map.block_k), head_dim, dtype,
+                                 block_map.seq_q, inputs)
+
+
 def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -> np.ndarray:
     """Program durations in launch order: tiles fastest, then heads, then batch."""
     per_head = per_row if map_heads == heads else np.broadcast_to(per_row, (heads, per_row.shape[1]))
@@ -292,15 +379,38 @@ def _label(pattern: ir.PatternIR) -> str:
 
 
 BLOCK_CANDIDATES = ((128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 32))
-PIPELINE_STAGES = 2  # K/V tiles in flight per program
+
+# Tile shapes whose compiled kernels (causal, bf16, at the launcher's warps and stages) keep
+# their accumulators in registers, at most 128 bytes of spills per thread in every kernel
+# (benchmarks/results/launch_configs.json; tests/test_targets.py compiles what block="auto"
+# picks). By architecture family (sm_8x; sm_90 and later) and head dims up to 64 or 128. A shape
+# inside a listed one has fewer live values and passes too; wider heads get 64x64 and smaller.
+REGISTER_SAFE = {
+    (80, 64): ((128, 64), (64, 64), (128, 32)),   # 64x128: dK/dV 288 B; 128x128: dK/dV 556 B
+    (80, 128): ((128, 64), (64, 64), (128, 32)),  # 64x128: dK/dV 2.7 KB; 128x128: 3.9 KB, dQ 512 B
+    (90, 64): ((128, 128), (128, 64), (64, 128), (64, 64)),
+    (90, 128): ((128, 64), (64, 64), (128, 32)),  # 64x128: dK/dV 1.4 KB; 128x128: 3.2 KB
+}
 
 
-def fits(hw: Hardware, block: tuple[int, int], head_dim: int, dtype: str) -> bool:
-    """Whether a program's Q tile and its pipelined K/V tiles fit in one SM's shared memory."""
-    bm, bn = block
-    head_dim = 1 << max(head_dim - 1, 15).bit_length()  # padded to a power of two, at least 16
-    needed = (bm + 2 * bn * PIPELINE_STAGES) * head_dim * DTYPE_BYTES[dtype]
-    return needed <= hw.smem_kib_per_sm * 1024
+def register_safe(hw: Hardware, block: tuple[int, int], head_dim: int) -> bool:
+    family = 90 if (hw.compute_capability or 90) >= 90 else 80
+    shapes = REGISTER_SAFE.get((family, 64 if head_dim <= 64 else 128), ((64, 64),)) \
+        if head_dim <= 128 else ((64, 64),)
+    return any(block[0] <= bm and block[1] <= bn for bm, bn in shapes)
+
+
+def fits(hw: Hardware, block: tuple[int, int], head_dim: int, dtype: str, inputs: int = 0) -> bool:
+    """Whether the launcher's configuration of every kernel fits the architecture's shared memory
+    (the template's model, checked against compiled metadata) and keeps its registers; `inputs`:
+    how many runtime inputs the pattern declares."""
+    from .codegen.kernel_template import KERNELS, SHARED_LIMITS, launch_for, shared_bytes
+    capability = hw.compute_capability
+    limit = SHARED_LIMITS.get(capability, int(hw.smem_kib_per_sm * 1024) - 1024)
+    launch = launch_for(*block, head_dim, capability, DTYPE_BYTES[dtype], inputs)
+    smem = all(shared_bytes(kernel, *block, head_dim, DTYPE_BYTES[dtype], launch[kernel]["num_stages"],
+                            capability or 90, inputs) <= limit for kernel in KERNELS)
+    return smem and register_safe(hw, block, head_dim)
 
 
 @dataclass
@@ -319,21 +429,22 @@ class BlockChoice:
         skipped = [f"{b[0]}x{b[1]}" for b, t in self.times_ms.items() if t is None]
         text = (f"block {self.block[0]}x{self.block[1]}: {ranked[0][0]:.3f} ms simulated at N={self.seq} on "
                 f"{self.hardware} (next: {others})")
-        return text + (f"; {', '.join(skipped)} exceed shared memory" if skipped else "")
+        return text + (f"; {', '.join(skipped)} do not fit (shared memory or registers)" if skipped else "")
 
 
 def choose_block(pattern, seq: int = 16384, heads: int = 16, head_dim: int = 128, dtype: str = "bf16",
-                 hardware="h100", inputs=None, candidates=BLOCK_CANDIDATES) -> BlockChoice:
-    """The tile shape with the lowest simulated forward + backward time at this length."""
+                 hardware="h100", inputs=None, candidates=BLOCK_CANDIDATES, costs="model") -> BlockChoice:
+    """The tile shape with the lowest simulated forward + backward time at this length, among
+    those whose kernels fit (`fits`); `costs` as in `simulate`."""
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     times = {}
     for block in candidates:
-        if not fits(hw, block, head_dim, dtype):
+        if not fits(hw, block, head_dim, dtype, len(pattern.inputs)):
             times[block] = None
             continue
         times[block] = simulate(pattern, seq=seq, heads=heads, head_dim=head_dim, dtype=dtype, hardware=hw,
-                                backward=True, block=block, inputs=inputs).time_ms
+                                backward=True, block=block, inputs=inputs, costs=costs).time_ms
     feasible = {b: t for b, t in times.items() if t is not None}
     if not feasible:
-        raise AttnlangError(f"no tile shape fits in {hw.name}'s shared memory at head_dim {head_dim}")
+        raise AttnlangError(f"no tile shape fits {hw.name}'s shared memory and registers at head_dim {head_dim}")
     return BlockChoice(min(feasible, key=feasible.get), hw.key, seq, times)

@@ -533,8 +533,9 @@ def _input_arguments(stacked_inputs):
 
 def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
     """Output and LSE of contiguous q, k, v (no autograd); builds the tables if not given."""
-    launch = launch or launch_for(block_m, block_n)
     batch, heads, seq_q, head_dim = q.shape
+    launch = launch or launch_for(block_m, block_n, head_dim, _capability(q.device), q.element_size(),
+                                  len(INPUT_NAMES))
     heads_kv, seq_k = k.shape[1], k.shape[2]
     if tables is None:
         tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n, batch)
@@ -550,8 +551,9 @@ def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
 
 def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tables, launch=None):
     """dq, dk, dv of contiguous tensors, given the output gradient and (or None) the LSE's."""
-    launch = launch or launch_for(block_m, block_n)
     batch, heads, seq_q, head_dim = q.shape
+    launch = launch or launch_for(block_m, block_n, head_dim, _capability(q.device), q.element_size(),
+                                  len(INPUT_NAMES))
     heads_kv, seq_k = k.shape[1], k.shape[2]
     dout = torch.zeros_like(out) if dout is None else dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)
@@ -587,14 +589,56 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def launch_for(block_m, block_n):
-    """num_warps and num_stages of each kernel for a tile shape: 8 warps once a tile has 128 rows
-    (4 spill registers there at d = 128 on sm_90), 2 stages (K/V double-buffered)."""
-    def warps(rows):
-        return 8 if rows >= 128 else 4
-    return {"forward": {"num_warps": warps(block_m), "num_stages": 2},
-            "backward_kv": {"num_warps": warps(max(block_m, block_n)), "num_stages": 2},
-            "backward_q": {"num_warps": warps(block_m), "num_stages": 2}}
+# Opt-in shared memory one block may use, by compute capability (CUDA C++ Programming Guide,
+# "Technical Specifications per Compute Capability"): what Triton checks before a launch.
+SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024,
+                 100: 227 * 1024, 120: 99 * 1024}
+KERNELS = ("forward", "backward_kv", "backward_q")
+
+
+def shared_bytes(kernel, block_m, block_n, head_dim, element_bytes=2, num_stages=2, capability=90, inputs=0):
+    """Shared memory one program of `kernel` needs: a model of Triton's allocation, equal to the
+    compiled metadata or above it (benchmarks/results/launch_configs.json; tests/test_targets.py
+    checks it). The tiles a program keeps, the tiles its loop streams once per pipeline buffer
+    (Hopper's pipeliner keeps num_stages of them, Ampere's num_stages - 1), the P or dS tile
+    that feeds the second dot, dK/dV's LSE and delta rows, and for each runtime input a query-
+    and a key-indexed int64 vector (their layout conversions go through shared memory)."""
+    d = max(16, triton.next_power_of_2(head_dim))
+    buffers = num_stages if capability >= 90 else max(1, num_stages - 1)
+    if kernel == "forward":    # Q; K and V
+        kept, streamed, rows = block_m * d, 2 * block_n * d, 0
+    elif kernel == "backward_kv":  # K and V; Q and dO, with their LSE and delta
+        kept, streamed, rows = 2 * block_n * d, 2 * block_m * d, 2 * block_m * 4
+    else:                      # Q and dO; K and V
+        kept, streamed, rows = 2 * block_m * d, 2 * block_n * d, 0
+    vectors = inputs * (block_m + block_n) * 8
+    return (kept + buffers * streamed + block_m * block_n) * element_bytes + buffers * rows + vectors
+
+
+def launch_for(block_m, block_n, head_dim=128, capability=None, element_bytes=2, inputs=0):
+    """num_warps and num_stages of each kernel. Warps follow the tile a kernel holds in
+    registers: 8 once its side is 128, else 4 (query rows for the forward and dQ; for dK/dV the
+    larger side, since its P and dS tiles are BLOCK_M x BLOCK_N too), which keeps the
+    accumulators in registers (benchmarks/launch_configs.py). Two stages (loads one tile ahead)
+    where every kernel's shared memory fits the architecture's limit, else one; `capability`
+    None (CPU, interpreter) takes Hopper's."""
+    capability = capability or 90
+    limit = SHARED_LIMITS.get(capability, min(SHARED_LIMITS.values()))
+    fits = all(shared_bytes(kernel, block_m, block_n, head_dim, element_bytes, 2, capability, inputs) <= limit
+               for kernel in KERNELS)
+    stages = 2 if fits else 1
+
+    def config(rows):
+        return {"num_warps": 8 if rows >= 128 else 4, "num_stages": stages}
+    return {"forward": config(block_m), "backward_kv": config(max(block_m, block_n)), "backward_q": config(block_m)}
+
+
+def _capability(device):
+    """major * 10 + minor of a CUDA device (None elsewhere: the interpreter ignores launch options)."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK[0], block_n=BLOCK[1], tables=None,

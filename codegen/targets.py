@@ -42,6 +42,7 @@ from pathlib import Path
 from attnlang.errors import AttnlangError
 
 from . import sass
+from .kernel_template import SHARED_LIMITS
 
 __all__ = ["TARGETS", "AuditFailure", "KernelReport", "Target", "TargetReport", "audit", "audit_cases",
            "audit_one", "compile_for", "resolve_target", "unavailable"]
@@ -60,16 +61,15 @@ class Target:
     hardware: str | None  # attnlang/hardware profile used for block="auto"
 
 
-# CUDA C++ Programming Guide, "Technical Specifications per Compute Capability": maximum
-# shared memory per thread block (opt-in) 163 KB on 8.0, 99 KB on 8.6/8.9/12.0, 227 KB on
-# 9.0/10.0 — the values cudaDevAttrMaxSharedMemoryPerBlockOptin reports, which Triton checks.
+# The opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin, which Triton
+# checks) is the kernel template's SHARED_LIMITS: the launcher sizes its stages by it too.
 TARGETS = {t.name: t for t in (
-    Target("sm_80", 80, 163 * 1024, "A100", "a100"),
-    Target("sm_86", 86, 99 * 1024, "A10, A40, RTX 30xx", None),
-    Target("sm_89", 89, 99 * 1024, "L40S, L4, RTX 40xx", "l40s"),
-    Target("sm_90", 90, 227 * 1024, "H100, H200", "h100"),
-    Target("sm_100", 100, 227 * 1024, "B200, GB200", "b200"),
-    Target("sm_120", 120, 99 * 1024, "RTX 50xx, RTX PRO 6000", None),
+    Target("sm_80", 80, SHARED_LIMITS[80], "A100", "a100"),
+    Target("sm_86", 86, SHARED_LIMITS[86], "A10, A40, RTX 30xx", None),
+    Target("sm_89", 89, SHARED_LIMITS[89], "L40S, L4, RTX 40xx", "l40s"),
+    Target("sm_90", 90, SHARED_LIMITS[90], "H100, H200", "h100"),
+    Target("sm_100", 100, SHARED_LIMITS[100], "B200, GB200", "b200"),
+    Target("sm_120", 120, SHARED_LIMITS[120], "RTX 50xx, RTX PRO 6000", None),
 )}
 
 
@@ -477,9 +477,12 @@ def _launch(module, spec: dict, q, k, v, inputs: dict, tables: dict) -> None:
     import torch
     block_m, block_n = spec["block"]
     scale = 1.0 / spec["head_dim"] ** 0.5
-    out, lse, _ = module.forward(q, k, v, inputs, scale, block_m, block_n, tables, spec["launch"])
+    # what the launcher picks on a device of the target (meta tensors have no capability)
+    launch = spec["launch"] or module.launch_for(block_m, block_n, spec["head_dim"], spec["capability"],
+                                                 q.element_size(), len(module.INPUT_NAMES))
+    out, lse, _ = module.forward(q, k, v, inputs, scale, block_m, block_n, tables, launch)
     module.backward(q, k, v, out, lse, torch.empty_like(out), torch.empty_like(lse), inputs, scale, block_m,
-                    block_n, tables, spec["launch"])
+                    block_n, tables, launch)
 
 
 def _launch_classifier(module, spec: dict, inputs: dict) -> None:
@@ -517,10 +520,10 @@ def _specialize(fn, args: tuple, kwargs: dict, backend):
 def _own_file_names(listing: str, source_file: str) -> str:
     """The listing with every generated module's file name made `source_file`. Triton's cache
     keys a kernel by its source text and line numbers, not by its file: a kernel identical to
-    one of an earlier module (a pattern whose backward alone changed) reuses that cubin, whose
-    line info names the earlier file. Its lines are this module's lines."""
-    folder = re.escape(str(Path(source_file).parent))
-    return re.sub(folder + r"/[\w.-]+\.py", lambda _: source_file, listing)
+    one of an earlier module (a pattern whose backward alone changed, or the same module in
+    another kernel cache) reuses that cubin, whose line info names the earlier file. Its lines
+    are this module's lines. Generated modules are `{slug}_{16 hex digits}.py` (load_module)."""
+    return re.sub(r"/[^\s\"',]*/[\w-]+_[0-9a-f]{16}\.py", lambda _: source_file, listing)
 
 
 def _compile_launch(launch: tuple, spec: dict, out: Path, partial_lines: set, full_lines: set) -> dict:

@@ -94,6 +94,8 @@ def test_profiles_load_and_validate(name):
     (lambda text: text.replace("mma = 0.70", "mma = 1.5"), "efficiency.mma must be at most 1"),
     (lambda text: text.replace("memory = 0.80", ""), "missing efficiency.memory"),
     (lambda text: text + "\\n[[[", "is not valid"),
+    (lambda text: text.replace("compute_capability = 90", "compute_capability = \"9.0\""),
+     "compute_capability must be an int such as 80 or 90"),
 ])
 def test_bad_profiles_are_clear_errors(tmp_path, edit, message):
     from importlib import resources
@@ -137,7 +139,45 @@ def test_block_auto_picks_the_fastest_simulated_tile_shape(lib):
 def test_block_auto_skips_shapes_that_do_not_fit_in_shared_memory(lib):
     from attnlang.simulator import choose_block
     choice = choose_block(lib["causal"], seq=4096, head_dim=256, hardware="l40s")
-    assert choice.times_ms[(128, 128)] is None and "exceed shared memory" in choice.reason
+    assert choice.times_ms[(128, 128)] is None and "do not fit (shared memory or registers)" in choice.reason
+
+
+@pytest.mark.parametrize("hardware, head_dim, offered", [
+    # what the compiled kernels allow (benchmarks/results/launch_configs.json): 64x128 and 128x128
+    # spill in dK/dV on A100; on H100 at d = 128 too (1.4 and 3.2 KB)
+    ("a100", 64, {(128, 64), (64, 64), (128, 32), (64, 32), (32, 32)}),
+    ("a100", 128, {(128, 64), (64, 64), (128, 32), (64, 32), (32, 32)}),
+    ("h100", 128, {(128, 64), (64, 64), (128, 32), (64, 32), (32, 32)}),
+])
+def test_block_auto_offers_only_shapes_that_compile_within_the_limits(lib, hardware, head_dim, offered):
+    from attnlang.simulator import choose_block
+    choice = choose_block(lib["causal"], seq=4096, head_dim=head_dim, hardware=hardware)
+    assert {b for b, t in choice.times_ms.items() if t is not None} == offered
+
+
+def test_launch_stages_follow_the_architecture_limit():
+    from attnlang.codegen.kernel_template import SHARED_LIMITS, launch_for, shared_bytes
+    for capability in (80, 89, 90):
+        for block in ((64, 64), (128, 64), (128, 128)):
+            launch = launch_for(*block, 128, capability)
+            stages = {config["num_stages"] for config in launch.values()}
+            two_fit = all(shared_bytes(k, *block, 128, 2, 2, capability) <= SHARED_LIMITS[capability] for k in launch)
+            assert stages == ({2} if two_fit else {1})
+    assert launch_for(128, 64)["backward_kv"]["num_warps"] == 8 and launch_for(64, 128)["forward"]["num_warps"] == 4
+
+
+def test_compiled_instruction_counts_price_the_tiles(lib):
+    from attnlang.simulator import TileInstructions
+    pattern = lib["sliding_window"].bind(window=512)
+    light = TileInstructions("sm_90", {k: (2000, 3000) for k in ("forward", "backward_kv", "backward_q")})
+    heavy = TileInstructions("sm_90", {k: (4000, 6000) for k in ("forward", "backward_kv", "backward_q")})
+    a, b = (simulate(pattern, seq=8192, costs=c, backward=True) for c in (light, heavy))
+    assert b.breakdown["elementwise"] == pytest.approx(2 * a.breakdown["elementwise"])
+    assert a.breakdown["mma"] == pytest.approx(b.breakdown["mma"])
+    with pytest.raises(attnlang.AttnlangError, match="costs must be 'model', 'compiled' or a TileInstructions"):
+        simulate(pattern, seq=8192, costs="sass")
+    with pytest.raises(attnlang.AttnlangError, match="pass the Pattern, not a BlockMap"):
+        simulate(pattern.analyze(8192, block=(128, 64)), costs="compiled")
 
 
 def test_calibration_recovers_known_efficiencies(lib):

@@ -54,6 +54,24 @@ def test_every_kernel_of_a_launch_fits_the_target(reports, name, target, head_di
     too_big = [f"{k.kernel} {k.block[0]}x{k.block[1]}: {k.shared_bytes:,} B shared > {k.shared_limit:,} B "
                f"({k.registers} registers, {k.spills:,} B spilled)" for k in report if not k.fits]
     assert not too_big, f"{name} on {target}, d={head_dim}:\n" + "\n".join(too_big)
+    spilling = [f"{k.kernel} {k.block[0]}x{k.block[1]}: {k.spills:,} B spilled" for k in report if k.spills > 128]
+    assert not spilling, f"{name} on {target}, d={head_dim}: block='auto' picked a shape that spills\n" + \
+        "\n".join(spilling)
+
+
+@needs_toolchain
+@pytest.mark.parametrize("name, target, head_dim", CASES)
+def test_the_shared_memory_model_is_never_below_the_compiled_kernels(reports, name, target, head_dim):
+    from attnlang.codegen.kernel_template import launch_for, shared_bytes
+    import attnlang
+    report = reports[name, target, head_dim]
+    capability, inputs = TARGETS[target].capability, len(attnlang.stdlib()[name].inputs)
+    for k in report:
+        kernel = k.kernel.removeprefix("attention_")
+        assert launch_for(*k.block, head_dim, capability, 2, inputs)[kernel] == {"num_warps": k.num_warps,
+                                                                               "num_stages": k.num_stages}
+        model = shared_bytes(kernel, *k.block, head_dim, 2, k.num_stages, capability, inputs)
+        assert k.shared_bytes <= model <= 1.7 * k.shared_bytes, (k.kernel, k.shared_bytes, model)
 
 
 @needs_toolchain
@@ -189,8 +207,25 @@ def kernel(acc):
 
 def test_line_info_of_a_cached_identical_kernel_counts_as_this_module():
     from attnlang.codegen.targets import _own_file_names
-    listing = ('/*0040*/ HMMA ; // ## File "/c/kernels/causal_old.py", line 264 inlined at '
-               '"/c/kernels/causal_old.py", line 57\n/*0050*/ EXIT ; // ## File "/t/triton/standard.py", line 9')
-    mapped = _own_file_names(listing, "/c/kernels/causal_new.py")
-    assert mapped.count("/c/kernels/causal_new.py") == 2 and "causal_old" not in mapped
+    old, other, new = "/c/kernels/causal_0123456789abcdef.py", "/d/kernels/causal_00000000ffffffff.py", \
+        "/c/kernels/causal_fedcba9876543210.py"
+    listing = (f'/*0040*/ HMMA ; // ## File "{old}", line 264 inlined at "{other}", line 57\n'
+               '/*0050*/ EXIT ; // ## File "/t/triton/standard.py", line 9')
+    mapped = _own_file_names(listing, new)
+    assert mapped.count(new) == 2 and old not in mapped and other not in mapped
     assert "/t/triton/standard.py" in mapped
+
+
+@needs_toolchain
+def test_the_simulator_prices_tiles_with_the_compiled_instruction_counts(tmp_path, monkeypatch):
+    import attnlang
+    from attnlang.simulator import compiled_instructions, load_hardware, simulate
+    monkeypatch.setenv("ATTNLANG_CACHE", str(tmp_path))
+    pattern, hw = attnlang.stdlib()["causal"], load_hardware("h100")
+    counts = compiled_instructions(pattern, hw, (64, 64), 64, "bf16", 4096)
+    full, partial = counts.per_tile("forward")
+    assert counts.target == "sm_90" and 0 < full < partial  # causal's diagonal tiles evaluate the mask
+    assert compiled_instructions(pattern, hw, (64, 64), 64, "bf16", 4096) == counts  # from the cache
+    assert len(list(tmp_path.glob("costs/*.json"))) == 1
+    compiled = simulate(pattern, seq=4096, head_dim=64, block=(64, 64), costs="compiled", backward=True)
+    assert compiled.breakdown["elementwise"] > 0 and compiled.time_ms > 0
