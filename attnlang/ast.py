@@ -15,13 +15,16 @@ from .ir import ARITHMETIC, COMPARISONS, LOGIC
 __all__ = [
     "Node", "Expr", "IntLit", "FloatLit", "BoolLit", "Name", "Attr", "Index", "Keyword", "Call",
     "Unary", "Binary", "IfExpr", "Stmt", "Let", "Mask", "Bias", "Score", "Grid", "Input", "Use",
-    "Route", "Param", "PatternDecl", "Module", "ARITHMETIC_OPS", "COMPARISON_OPS", "LOGICAL_OPS",
+    "Route", "Param", "PatternDecl", "Module", "ARITHMETIC_OPS", "COMPARISON_OPS", "LOGICAL_OPS", "LEFT_DEEP_CHAIN",
 ]
 
 # the surface spellings of the IR's operator vocabulary (attnlang.ir declares it once)
 ARITHMETIC_OPS = tuple(op.value for op in ARITHMETIC)
 COMPARISON_OPS = tuple(op.value for op in COMPARISONS)
 LOGICAL_OPS = tuple(op.value for op in LOGIC)
+# Operands of an and/or chain that stay nested to the left, as written; a longer chain is
+# nested in halves (parser) and printed so that it re-parses to the same tree (printer).
+LEFT_DEEP_CHAIN = 32
 
 
 def _span():

@@ -199,21 +199,21 @@ def _run_show(args) -> int:
         print(f"note: routing picks {r.top} blocks of {r.block} tokens per query block at run time; "
               "this is the static mask it chooses from")
     if png:
-        block = args.block or _auto_block(max(seq_q, seq_k))
+        block = args.block or _auto_block(max(seq_q, seq_k), max(seq_q, seq_k))
         block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
         from .plots import plot_block_map
         _write("--png", png, lambda: plot_block_map(block_map, png, title=pattern.label, heads=heads_shown))
         print(f"wrote {png}")
     if token_level:
         mask = pattern.reference_mask(seq_q, seq_k, heads, inputs, static_only=True)
-        if not mask.any():
+        if not mask.any() and not png:  # with --png, the analysis above has warned
             warn_no_pair(pattern.ir, seq_q, seq_k)
         for head in heads_shown:
             _print_head_title(pattern, head, heads_shown)
             print(render_tokens(mask[head]))
         print(TOKEN_LEGEND)
         return 0
-    block = args.block or _auto_block(seq_k)
+    block = args.block or _auto_block(seq_q, seq_k)
     kinds = pattern.analyze(seq_q, seq_k, heads, block, inputs).kinds
     for head in heads_shown:
         _print_head_title(pattern, head, heads_shown)
@@ -384,9 +384,11 @@ def _heads_to_show(pattern: Pattern, heads: int, head: int | None) -> list[int]:
     return [0, 1, heads - 2, heads - 1]
 
 
-def _auto_block(seq_k: int) -> int:
+def _auto_block(seq_q: int, seq_k: int) -> int:
+    """The smallest power-of-two tile (16 or more) that draws at most MAX_TILE_COLUMNS columns
+    and MAX_SHOWN_TILES rows."""
     block = 16
-    while -(-seq_k // block) > MAX_TILE_COLUMNS:
+    while -(-seq_k // block) > MAX_TILE_COLUMNS or -(-seq_q // block) > MAX_SHOWN_TILES:
         block *= 2
     return block
 
@@ -403,8 +405,9 @@ def _lengths(args) -> tuple[int, int, int]:
 
 
 def _check_drawable(seq_q: int, seq_k: int, block: int | None) -> None:
+    """A --block given by hand must draw at most MAX_SHOWN_TILES a side (the automatic one does)."""
     if block is None:
-        block = _auto_block(seq_k)
+        return
     tiles = max(-(-seq_q // block), -(-seq_k // block))
     if tiles > MAX_SHOWN_TILES:
         fits = 1 << (-(-max(seq_q, seq_k) // MAX_SHOWN_TILES) - 1).bit_length()

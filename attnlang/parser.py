@@ -71,15 +71,12 @@ def parse_source(source: Source) -> ast.Module:
         raise AttnlangError("expression nested too deeply", _end_span(source)) from None
 
 
-LEFT_DEEP_CHAIN = 32  # operands of an and/or chain kept left-nested, as written
-
-
 def _chain(op: str, operands: list) -> ast.Expr:
     """`a op b op c ...` as nested `ast.Binary`s. A short chain nests to the left, as it
     reads; a longer one (generated patterns have thousands of terms) is split in halves, so
     every later stage recurses log(n) deep instead of n. `and` and `or` are associative, so
     the meaning is the same, and the printed form re-parses to the same tree."""
-    if len(operands) <= LEFT_DEEP_CHAIN:
+    if len(operands) <= ast.LEFT_DEEP_CHAIN:
         tree = operands[0]
         for right in operands[1:]:
             tree = ast.Binary(op, tree, right, _joined(tree.span, right.span))

@@ -107,10 +107,18 @@ def _print_binary(op: str, left: ast.Expr, right: ast.Expr) -> str:
     elif level == _COMPARE:  # comparisons do not chain
         lhs = _wrap(left, _COMPARE, strict=True)
         rhs = _wrap(right, _COMPARE, strict=True)
-    else:  # left associative
-        lhs = _wrap(left, level, strict=False)
+    else:  # left associative; a long and/or spine in parentheses, as the parser nests it
+        lhs = _wrap(left, level, strict=op in ast.LOGICAL_OPS and _spine(op, left) + 1 > ast.LEFT_DEEP_CHAIN)
         rhs = _wrap(right, level, strict=True)
     return f"{lhs} {op} {rhs}"
+
+
+def _spine(op: str, expr: ast.Expr) -> int:
+    """Operands along the left spine of `op` nodes from `expr` (1 when it is not one)."""
+    count = 1
+    while isinstance(expr, ast.Binary) and expr.op == op:
+        count, expr = count + 1, expr.left
+    return count
 
 
 def _wrap(expr: ast.Expr, level: int, strict: bool) -> str:

@@ -317,7 +317,7 @@ class TileInstructions:
 
 
 def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_dim: int, dtype: str, seq: int,
-                          inputs=None) -> TileInstructions:
+                          inputs=None, seq_k: int | None = None) -> TileInstructions:
     """The launch's kernels compiled for `hw`'s architecture (attnlang.codegen.targets, no GPU),
     their instruction counts cached in ~/.cache/attnlang/costs by kernel source and launch."""
     import hashlib
@@ -325,6 +325,7 @@ def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_di
     import os
 
     import torch
+    import triton
 
     from .codegen.targets import resolve_target
     if hw.compute_capability is None:
@@ -333,16 +334,23 @@ def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_di
     target = resolve_target(f"sm_{hw.compute_capability}")
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     kernel = pattern.compile(heads=16, head_dim=head_dim, dtype=torch_dtype, block=block)
-    ragged = seq % block[0] != 0 or seq % block[1] != 0
-    key = hashlib.sha256(repr((kernel.source, target.name, head_dim, dtype, ragged, seq % 16 == 0)).encode())
+    seq_k = seq if seq_k is None else seq_k
+    ragged = seq % block[0] != 0 or seq_k % block[1] != 0
+    # what the compiled code depends on: the source, the target, the specialization (RAGGED, and
+    # Triton's divisibility of the lengths), the inputs' shapes, and Triton itself
+    shapes = sorted((name, np.shape(values)) for name, values in (inputs or {}).items())
+    key = hashlib.sha256(repr((kernel.source, target.name, head_dim, dtype, ragged, seq % 16 == 0,
+                               seq_k % 16 == 0, shapes, triton.__version__)).encode())
     cache = Path(os.environ.get("ATTNLANG_CACHE", Path.home() / ".cache" / "attnlang")) / "costs"
     path = cache / f"{key.hexdigest()[:24]}.json"
     if path.exists():
         data = json.loads(path.read_text())
         return TileInstructions(data["target"], {k: tuple(v) for k, v in data["per_kernel"].items()})
-    counts = TileInstructions.from_report(kernel.compile_for(target, seq, inputs=inputs))
+    counts = TileInstructions.from_report(kernel.compile_for(target, seq, seq_k, inputs=inputs))
     cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"target": counts.target, "per_kernel": counts.per_kernel}))
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # atomic: concurrent simulations share the cache
+    temporary.write_text(json.dumps({"target": counts.target, "per_kernel": counts.per_kernel}))
+    temporary.replace(path)
     return counts
 
 
@@ -357,7 +365,7 @@ def _instructions(costs, source, block_map: BlockMap, hw: Hardware, head_dim: in
     if isinstance(source, BlockMap):
         raise AttnlangError("costs='compiled' compiles the pattern's kernels: pass the Pattern, not a BlockMap")
     return compiled_instructions(source, hw, (block_map.block_q, block_map.block_k), head_dim, dtype,
-                                 block_map.seq_q, inputs)
+                                 block_map.seq_q, inputs, block_map.seq_k)
 
 
 def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -> np.ndarray:

@@ -591,8 +591,8 @@ class _Attention(torch.autograd.Function):
 
 # Opt-in shared memory one block may use, by compute capability (CUDA C++ Programming Guide,
 # "Technical Specifications per Compute Capability"): what Triton checks before a launch.
-SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024,
-                 100: 227 * 1024, 120: 99 * 1024}
+SHARED_LIMITS = {70: 96 * 1024, 75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024,
+                 90: 227 * 1024, 100: 227 * 1024, 120: 99 * 1024}
 KERNELS = ("forward", "backward_kv", "backward_q")
 
 

@@ -217,3 +217,8 @@ def test_list_prints_whole_first_sentences(capsys):
     biformer = out.split("biformer(")[1].split("\n", 1)[1].split("bigbird(")[0]
     assert " ".join(biformer.split()).endswith("matches its mean query.")
     assert summaries and all(len(line) <= 96 - 4 for line in summaries)
+
+
+def test_show_picks_a_tile_that_draws_when_queries_outnumber_keys(capsys):
+    code, out, err = run(capsys, "show", "stdlib", "causal", "--seq", "20000", "--seq-k", "200")
+    assert code == 0 and not err and len(out.splitlines()) <= 512 + 4

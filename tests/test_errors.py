@@ -128,10 +128,11 @@ def test_flat_chains_of_any_length_parse(op, terms):
     np.testing.assert_array_equal(mask, expected)
 
 
-def test_printed_long_chains_reparse_to_the_same_tree():
+@pytest.mark.parametrize("terms", [32, 33, 64, 65, 100, 131, 249, 1000])
+def test_printed_long_chains_reparse_to_the_same_tree(terms):
     from attnlang.parser import parse_source
     from attnlang.printer import print_pattern
-    text = "pattern c() {\n    mask " + " and ".join(f"k != {i}" for i in range(100)) + "\n}\n"
+    text = "pattern c() {\n    mask " + " or ".join(f"k == {i}" for i in range(terms)) + "\n}\n"
     decl = parse_source(attnlang.errors.Source(text)).patterns[0]
     again = parse_source(attnlang.errors.Source(print_pattern(decl))).patterns[0]
     assert again == decl
@@ -167,3 +168,11 @@ def test_the_readme_api_is_exported():
         assert name in attnlang.__all__ and callable(getattr(attnlang, name))
     result = attnlang.simulate(attnlang.stdlib()["causal"], seq=4096)
     assert 1.5 < result.speedup < 2.5
+
+
+def test_a_bool_argument_computed_from_parameters_is_fitted_not_derived():
+    module = attnlang.parse("""
+pattern flag(on = false, w = 4) { mask q >= k and (on or q - k < w) }
+pattern boolfwd(w = 4) { use flag(on = w > 10, w = w) }""")
+    complexity = module["boolfwd"].complexity()
+    assert complexity.method == "fitted" and "bool argument 'on'" in complexity.reason

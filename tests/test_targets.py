@@ -227,5 +227,7 @@ def test_the_simulator_prices_tiles_with_the_compiled_instruction_counts(tmp_pat
     assert counts.target == "sm_90" and 0 < full < partial  # causal's diagonal tiles evaluate the mask
     assert compiled_instructions(pattern, hw, (64, 64), 64, "bf16", 4096) == counts  # from the cache
     assert len(list(tmp_path.glob("costs/*.json"))) == 1
+    ragged = compiled_instructions(pattern, hw, (64, 64), 64, "bf16", 4096, seq_k=4000)  # RAGGED: bounds checks
+    assert ragged.per_tile("forward")[1] > partial and len(list(tmp_path.glob("costs/*.json"))) == 2
     compiled = simulate(pattern, seq=4096, head_dim=64, block=(64, 64), costs="compiled", backward=True)
     assert compiled.breakdown["elementwise"] > 0 and compiled.time_ms > 0
