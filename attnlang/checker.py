@@ -288,8 +288,8 @@ class _Lowering:
             value = fold_constants(self.expr(value_ast))
             if self.symbolic and not isinstance(value, ir.Const) and self._of_parameters_only(value):
                 if value.type is Type.BOOL:  # closed forms bind bools: one formula cannot cover both
-                    from .complexity import NotDerivable
-                    raise NotDerivable(f"bool argument '{param_name}' of pattern '{name}' depends on parameters")
+                    raise AttnlangError(f"bool argument '{param_name}' of pattern '{name}' depends on parameters",
+                                        _span_of(value_ast))
                 forwarded[param_name] = value
                 value = fold_constants(ir.substitute(value, self._parameter_values()))
             if not isinstance(value, ir.Const):

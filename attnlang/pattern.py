@@ -158,12 +158,15 @@ class Pattern:
             return Complexity(self.label, "bound", f"O(n*{r.top}*{r.block}) + kept pairs",
                               reason=f"routing keeps at most {r.top} blocks of {r.block} per query block")
         try:
+            # the pattern lowered with its values already, so what fails here is only the symbols
             symbolic = lower_pattern(self.decl, self._params, self.module, symbolic=True)
             pairs, valid_from = derive_pairs(symbolic, self._params)
             return Complexity(self.label, "derived", big_o(pairs, self._params), pairs=pairs, valid_from=valid_from,
                               params=tuple(self._params.items()))
         except NotDerivable as why:
             reason = str(why)
+        except AttnlangError as why:
+            reason = why.message
         if self.inputs:
             return Complexity(self.label, "input-dependent", "depends on the runtime inputs", reason=reason)
         counts = {}

@@ -31,6 +31,7 @@ The backward is deterministic: dK/dV per key tile over the transposed tables, dQ
 tile over the forward ones, no atomics.
 """
 
+import functools
 import math
 
 import torch
@@ -615,6 +616,7 @@ def shared_bytes(kernel, block_m, block_n, head_dim, element_bytes=2, num_stages
     return (kept + buffers * streamed + block_m * block_n) * element_bytes + buffers * rows + vectors
 
 
+@functools.cache  # every launch asks; the answer depends on these numbers alone
 def launch_for(block_m, block_n, head_dim=128, capability=None, element_bytes=2, inputs=0):
     """num_warps and num_stages of each kernel. Warps follow the tile a kernel holds in
     registers: 8 once its side is 128, else 4 (query rows for the forward and dQ; for dK/dV the
