@@ -3,15 +3,21 @@
 Cost of one tile (a BLOCK_M x BLOCK_N block of pairs, head dim D) on one SM:
     MMA          4·bm·bn·D flops forward (14 backward: dK/dV 8, dQ 6) at the SM's share of
                  peak tensor throughput × `efficiency.mma`
-    elementwise  softmax (6 ops a pair) + the logit transform (every tile) + the mask
-                 (PARTIAL tiles only), ops weighted by kind from the IR (`ir_cost`), at the
-                 SM's share of FP32 throughput × `efficiency.elementwise`
+    instructions the tile loop's thread instructions per pair at the SM's issue rate ×
+                 `efficiency.elementwise`: a FULL tile's loop (softmax, MMA issue, converts)
+                 plus the logit, and on PARTIAL tiles the mask with its bounds and select.
+                 `costs="model"` counts them from the IR (`ir_cost`, weights measured from
+                 compiled SASS, benchmarks/results/op_costs.json; an operation on `q` or `k`
+                 alone is charged once per row or column); `costs="compiled"` reads them from
+                 the pattern's own compiled kernels
     memory       the K and V tiles (Q and dO backward) at the SM's share of HBM bandwidth ×
                  `efficiency.memory`; only the part not hidden behind compute counts
     overhead     `tile_overhead_ns` per visited tile (index load, pipeline bubble)
-A program (one query tile of one head) costs the sum of its tiles plus `program_overhead_ns`.
-Programs are placed on `sms × programs_per_sm` slots the way the grid launches them — in
-launch order, each on the slot that frees first — so waves and tail imbalance show.
+A program (one query tile of one head; one key tile in dK/dV) costs the sum of its tiles plus
+what no tile hides: its own tiles' load (Q; K and V in dK/dV), the pipeline's first K/V tile,
+the epilogue's stores, all at the SM's share of bandwidth, and `program_overhead_ns` (launch
+and set-up). Programs are placed on `sms × programs_per_sm` slots the way the grid launches
+them — in launch order, each on the slot that frees first — so waves and tail imbalance show.
 Longest-first placement models a persistent kernel; "fluid" placement (perfect balance) and
 `compute_only` give the NATTEN-style bound.
 """
@@ -38,16 +44,27 @@ REQUIRED = ("name", "sms", "bf16_tflops", "fp32_tflops", "hbm_gb_per_s", "l2_mib
 EFFICIENCY = ("mma", "elementwise", "memory", "tile_overhead_ns", "program_overhead_ns", "programs_per_sm")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 ISSUE_PER_CLOCK = 4     # warp instructions an SM issues per clock: 4 schedulers (sm_70 and later)
-SOFTMAX_OPS = 6.0       # per pair: scale, max, subtract, exp, sum, convert
-BACKWARD_OPS = 10.0     # per pair and backward pass: recompute exp, dP - delta, products, converts
+WARP = 32
 
-# elementwise cost of each IR operation, in FP32-op equivalents (integer division and the
-# special functions are several instructions; loads of inputs go through the cache)
+# Thread instructions per score pair, compiled for sm_90 (d = 128, bf16, 128x64 tiles) and
+# counted in SASS by benchmarks/op_costs.py (benchmarks/results/op_costs.json).
+# A FULL tile's loop of causal (no logit, no mask): online softmax, MMA issue, converts.
+TILE_LOOP = {"forward": 13.25, "backward_kv": 15.84, "backward_q": 11.47}
+MASK_BASE = 1.6         # a PARTIAL tile's bounds check and select (causal's 2.8 less its compare)
+BACKWARD_LOGIT = 1.5    # a backward pass recomputes the logit and applies its slope (exp 1.4x, tanh 1.3x, log 1.5x)
+
+# Each IR operation, in thread instructions where it runs per pair (the probes of op_costs.py:
+# `% 7` on q - k adds 11.7 with its compare and `and`, tanh 14, exp 7 with its multiply, ...).
 _Op, _Func = ir.BinaryOp, ir.Func
-OP_COST = {_Op.ADD: 1, _Op.SUB: 1, _Op.MUL: 1, _Op.DIV: 4, _Op.FLOOR_DIV: 20, _Op.MOD: 20, _Op.POW: 8,
-           **{op: 1 for op in ir.COMPARISONS + ir.LOGIC}}
-CALL_COST = {_Func.ABS: 1, _Func.MIN: 1, _Func.MAX: 1, _Func.FLOOR: 1, _Func.CEIL: 1, _Func.LOG: 4,
-             _Func.LOG2: 4, _Func.EXP: 4, _Func.SQRT: 4, _Func.TANH: 6, _Func.HASH: 12}
+# Integer `//` and `%` by a positive constant are a multiply-high and fix-up (9 and 8), by a
+# power of two a shift or a mask; by a runtime value, `DIVISION_BY_VALUE`.
+OP_COST = {_Op.ADD: 1, _Op.SUB: 1, _Op.MUL: 1, _Op.DIV: 12, _Op.FLOOR_DIV: 9, _Op.MOD: 8, _Op.POW: 20,
+           **{op: 1.25 for op in ir.COMPARISONS + ir.LOGIC}}
+DIVISION_BY_VALUE = 19  # `% (h + 3)` on q - k adds 22.5 with its compare and `and`
+CALL_COST = {_Func.ABS: 1, _Func.MIN: 1, _Func.MAX: 1, _Func.FLOOR: 1, _Func.CEIL: 1, _Func.LOG: 21,
+             _Func.LOG2: 20, _Func.EXP: 7, _Func.SQRT: 3, _Func.TANH: 14, _Func.HASH: 8}
+LOAD_COST = 4           # an input gathered through the cache
+OTHER_COST = 1          # a negation, cast or select
 
 
 @dataclass(frozen=True)
@@ -127,24 +144,58 @@ def _check_positive(source, name, value, allow_zero=False):
         raise AttnlangError(f"hardware profile {source}: {name} must be a positive number, got {value!r}")
 
 
-def ir_cost(expr: ir.Expr) -> float:
-    """Elementwise ops per pair to evaluate `expr`; a subexpression used twice is computed once."""
-    seen = set()
+def ir_cost(expr: ir.Expr, block: tuple[int, int] = (128, 64)) -> float:
+    """Thread instructions per pair of a `block` tile to evaluate `expr`. A subexpression used
+    twice is computed once; one of `q` alone (of `k` alone) once per row (column), one of
+    neither once per program (free)."""
+    seen, axes = set(), {}
     total = 0.0
     for node in ir.walk(expr):
         if node in seen:
             continue
         seen.add(node)
-        match node:
-            case ir.Binary(op):
-                total += OP_COST[op]
-            case ir.Call(func, args):
-                total += CALL_COST[func] * (len(args) if func == _Func.HASH else 1)
-            case ir.Load():
-                total += 4
-            case ir.Unary() | ir.Cast() | ir.Select():
-                total += 1
+        total += _node_cost(node) * _share(_axes(node, axes), block)
     return total
+
+
+def _node_cost(node: ir.Expr) -> float:
+    match node:
+        case ir.Binary(op, _, divisor) if op in (_Op.FLOOR_DIV, _Op.MOD):
+            return _division_cost(op, divisor, node.type)
+        case ir.Binary(op):
+            return OP_COST[op]
+        case ir.Call(func, args):
+            return CALL_COST[func] * (len(args) if func == _Func.HASH else 1)
+        case ir.Load():
+            return LOAD_COST
+        case ir.Unary() | ir.Cast() | ir.Select():
+            return OTHER_COST
+    return 0.0
+
+
+def _division_cost(op: ir.BinaryOp, divisor: ir.Expr, result: ir.Type) -> float:
+    if result is ir.Type.FLOAT:
+        return OP_COST[_Op.DIV] + 1  # floor of a quotient
+    if isinstance(divisor, ir.Const) and divisor.value > 0:
+        power_of_two = int(divisor.value) & (int(divisor.value) - 1) == 0
+        return 0.5 if power_of_two else OP_COST[op]  # a shift or mask, often merged into its use
+    return DIVISION_BY_VALUE
+
+
+def _axes(node: ir.Expr, memo: dict) -> frozenset:
+    """Which of a tile's axes (q rows, k columns) a node varies along; `score` varies along both."""
+    if node not in memo:
+        if isinstance(node, ir.Var):
+            memo[node] = frozenset("qk") if node.name == "score" else frozenset({node.name}) & frozenset("qk")
+        else:
+            memo[node] = frozenset().union(*(_axes(child, memo) for child in ir.children(node)))
+    return memo[node]
+
+
+def _share(axes: frozenset, block: tuple[int, int]) -> float:
+    if axes == frozenset("qk"):
+        return 1.0
+    return 1.0 / block[1] if axes == {"q"} else 1.0 / block[0] if axes == {"k"} else 0.0
 
 
 @dataclass
@@ -194,30 +245,43 @@ def schedule_programs(durations: np.ndarray, slots: int, placement: str = "greed
     return float(max(free))
 
 
-class _TileCosts:
-    """Seconds per visited tile on one SM, split into MMA, elementwise, memory and overhead."""
+def _bandwidth(hw: Hardware) -> float:
+    """Bytes per second one SM can count on: its share of HBM bandwidth × `efficiency.memory`."""
+    return hw.hbm_gb_per_s * 1e9 / hw.sms * hw.efficiency["memory"]
 
-    def __init__(self, hw: Hardware, bm: int, bn: int, dim: int, dtype: str, elementwise_ops: float,
-                 flops_per_pair_dim: float, loaded_rows: int, compute_only: bool,
-                 instructions: float | None = None):
+
+class _TileCosts:
+    """Seconds per visited tile on one SM, split into MMA, elementwise, memory and overhead;
+    `instructions`: the tile loop's warp instructions, all warps together."""
+
+    def __init__(self, hw: Hardware, bm: int, bn: int, dim: int, dtype: str, instructions: float,
+                 flops_per_pair_dim: float, loaded_rows: int, compute_only: bool):
         eff = hw.efficiency
         peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12 / hw.sms
-        fp32 = hw.fp32_tflops * 1e12 / hw.sms
-        bandwidth = hw.hbm_gb_per_s * 1e9 / hw.sms
-        pairs = bm * bn
-        self.mma = flops_per_pair_dim * pairs * dim / (peak * eff["mma"])
-        if instructions is not None:  # the compiled tile loop: every warp instruction takes an issue slot
-            work = instructions / (ISSUE_PER_CLOCK * hw.clock_ghz * 1e9)
-        else:                         # the IR's operations, weighted
-            work = elementwise_ops * pairs / fp32
+        self.mma = flops_per_pair_dim * bm * bn * dim / (peak * eff["mma"])
+        work = instructions / (ISSUE_PER_CLOCK * hw.clock_ghz * 1e9)  # every warp instruction takes an issue slot
         self.elementwise = 0.0 if compute_only else work / eff["elementwise"]
-        load = loaded_rows * dim * DTYPE_BYTES[dtype] / (bandwidth * eff["memory"])
+        load = loaded_rows * dim * DTYPE_BYTES[dtype] / _bandwidth(hw)
         self.memory = 0.0 if compute_only else max(0.0, load - self.mma - self.elementwise)
         self.overhead = 0.0 if compute_only else eff["tile_overhead_ns"] * 1e-9
 
     @property
     def total(self) -> float:
         return self.mma + self.elementwise + self.memory + self.overhead
+
+
+# Rows of D values each program moves that no tile loop hides, per kernel, in units of
+# (BLOCK_M, BLOCK_N): its own tile's load and the epilogue's stores, and the pipeline's first
+# tile of the loop (its wait is exposed; later tiles load behind compute).
+PROGRAM_ROWS = {"forward": (2, 2),       # Q in, O out; the first K and V
+                "backward_kv": (2, 4),   # the first Q and dO; K, V in, dK, dV out
+                "backward_q": (3, 2)}    # Q, dO in, dQ out; the first K and V
+
+
+def _program_seconds(hw: Hardware, kernel: str, bm: int, bn: int, dim: int, dtype: str) -> float:
+    rows_m, rows_n = PROGRAM_ROWS[kernel]
+    exposed = (rows_m * bm + rows_n * bn) * dim * DTYPE_BYTES[dtype] / _bandwidth(hw)
+    return exposed + hw.efficiency["program_overhead_ns"] * 1e-9
 
 
 def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_dim: int = 128,
@@ -244,26 +308,23 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     bm, bn = block_map.block_q, block_map.block_k
     seq, seq_k = block_map.seq_q, block_map.seq_k
     instructions = _instructions(costs, pattern_or_blockmap, block_map, hw, head_dim, dtype, inputs)
-    logit_ops = ir_cost(pattern.logit)
-    mask_ops = 0.0 if partial_as_full else ir_cost(pattern.mask) + 2  # + bounds check and select
+    model = _ModelInstructions(pattern, bm, bn, partial_as_full)
     slots = hw.sms * int(hw.efficiency["programs_per_sm"])
 
     def run(kinds: np.ndarray):
-        passes = [("forward", kinds, 4.0, SOFTMAX_OPS + logit_ops, 2 * bn)]
-        if backward:
-            derivative = 0.0 if pattern.logit == ir.Var("score", ir.Type.FLOAT) else 2 * logit_ops
-            # dK/dV: programs per key tile over the transposed map; dQ: per query tile
-            passes += [("backward_kv", kinds.transpose(0, 2, 1), 8.0, BACKWARD_OPS + logit_ops + derivative, 2 * bm),
-                       ("backward_q", kinds, 6.0, BACKWARD_OPS + logit_ops + derivative, 2 * bn)]
+        passes = [("forward", kinds, 4.0, 2 * bn)]
+        if backward:  # dK/dV: programs per key tile over the transposed map; dQ: per query tile
+            passes += [("backward_kv", kinds.transpose(0, 2, 1), 8.0, 2 * bm), ("backward_q", kinds, 6.0, 2 * bn)]
         total, parts = 0.0, {"mma": 0.0, "elementwise": 0.0, "memory": 0.0, "overhead": 0.0, "imbalance": 0.0}
-        for kernel, pass_kinds, flops, ops, rows in passes:
+        for kernel, pass_kinds, flops, rows in passes:
             counts = instructions.per_tile(kernel) if instructions else (None, None)
-            full = _TileCosts(hw, bm, bn, head_dim, dtype, ops, flops, rows, compute_only, counts[0])
-            partial = _TileCosts(hw, bm, bn, head_dim, dtype, ops + mask_ops, flops, rows, compute_only,
-                                 counts[0] if partial_as_full else counts[1])
+            full_count = counts[0] or model.full(kernel)
+            partial_count = full_count if partial_as_full else counts[1] or model.partial(kernel)
+            full = _TileCosts(hw, bm, bn, head_dim, dtype, full_count, flops, rows, compute_only)
+            partial = _TileCosts(hw, bm, bn, head_dim, dtype, partial_count, flops, rows, compute_only)
             n_full = (pass_kinds == FULL).sum(-1).astype(np.float64)
             n_partial = (pass_kinds == PARTIAL).sum(-1).astype(np.float64)
-            program = 0.0 if compute_only else hw.efficiency["program_overhead_ns"] * 1e-9
+            program = 0.0 if compute_only else _program_seconds(hw, kernel, bm, bn, head_dim, dtype)
             per_row = n_full * full.total + n_partial * partial.total + program      # (H', rows)
             map_heads = kinds.shape[0]  # this run's map: 1, or one per head
             durations = _launch_order(per_row, batch, heads, map_heads)
@@ -292,6 +353,22 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         tile_density=block_map.tile_density, programs=int(block_map.kinds.shape[1] * batch * heads), slots=slots,
         breakdown={k: v * 1e3 for k, v in breakdown.items()},
     )
+
+
+class _ModelInstructions:
+    """Warp instructions of one tile-loop iteration, FULL and PARTIAL, counted from the IR."""
+
+    def __init__(self, pattern: ir.PatternIR, bm: int, bn: int, partial_as_full: bool):
+        self.pairs = bm * bn
+        self.logit = ir_cost(pattern.logit, (bm, bn))
+        self.mask = 0.0 if partial_as_full else MASK_BASE + ir_cost(pattern.mask, (bm, bn))
+
+    def full(self, kernel: str) -> float:
+        logit = self.logit if kernel == "forward" else BACKWARD_LOGIT * self.logit
+        return (TILE_LOOP[kernel] + logit) * self.pairs / WARP
+
+    def partial(self, kernel: str) -> float:
+        return self.full(kernel) + self.mask * self.pairs / WARP
 
 
 @dataclass(frozen=True)

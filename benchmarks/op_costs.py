@@ -32,6 +32,8 @@ PROBES = {  # name -> pattern body; each differs from base by one operation
     "// 7 (per pair)": "mask q >= k and (q - k) // 7 != 123456789",
     "% 7 (per pair)": "mask q >= k and (q - k) % 7 != 3",
     "* 3 (q only)": "mask q >= k and q * 3 != k + 123456789",
+    "% 8 (per pair)": "mask q >= k and (q - k) % 8 != 3",
+    "% (h + 3) (per pair)": "mask q >= k and (q - k) % (h + 3) != 3",
     "bias tanh(score)": "mask q >= k\nbias tanh(score)",
     "bias exp(score)": "mask q >= k\nbias exp(score * 0.01)",
     "bias log(score^2)": "mask q >= k\nbias log(score * score + 1.0)",
