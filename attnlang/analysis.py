@@ -33,6 +33,7 @@ SUBDIVISION_LEVELS = 3     # how many times undecided sub-blocks are refined aga
 REFINE_CHUNK = 16384       # undecided tiles refined at once
 EXACT_CHUNK_PAIRS = 1 << 22  # pairs evaluated at once when a tile must be evaluated whole
 DENSITY_SAMPLES = 64       # pairs sampled per partial tile by density(exact=False)
+SCATTERED_WITNESSES = 64   # random pairs per tile tried when the corner witnesses decide nothing
 # Memory bounds. The analysis' work follows the pattern's boundary; these cap it where the
 # boundary itself is too large (a parity mask at 10^7 tokens in 16-token tiles), so a run
 # either fits in a few GiB or stops with an error that names the limit, never an OOM.
@@ -56,6 +57,17 @@ def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1
     return BlockMap(dense=None, seq_q=seq_q, seq_k=seq_k, heads=heads, block_q=block_q, block_k=block_k,
                     pattern=pattern, inputs=checked, batch=batch, stats=analyzer.stats,
                     seconds=time.perf_counter() - start, tile_sets=analyzer.tile_sets)
+
+
+def sample_rows(pattern: ir.PatternIR, seq_q: int, seq_k: int, block, rows: int = 16) -> tuple[float, float]:
+    """FULL and PARTIAL tiles per query-tile row, averaged over `rows` query tiles drawn from
+    the map (head 0): a cheap estimate of a block map's work, for ranking layouts."""
+    block_q, block_k = _tile_shape(block)
+    analyzer = _Analyzer(pattern, seq_q, seq_k, 1, block_q, block_k, {}, 0)
+    # drawn at random (fixed seed): evenly spaced rows alias with a grid's period
+    chosen = np.sort(np.random.default_rng(0).choice(analyzer.tiles_q, min(rows, analyzer.tiles_q), replace=False))
+    sets = analyzer.run(chosen)
+    return float(sets.full.area().sum()) / len(chosen), len(sets.partial) / len(chosen)
 
 
 def warn_no_pair(pattern: ir.PatternIR, seq_q: int, seq_k: int, batch: int = 0) -> None:
@@ -196,11 +208,17 @@ class _Analyzer:
         self.stats = {"reasoning": 0, "sampling": 0, "exact": 0}
         self.tile_sets: TileSets | None = None  # the FULL boxes and PARTIAL tiles, once run
 
-    def run(self) -> TileSets:
-        """The FULL boxes and PARTIAL tiles; every other tile is EMPTY."""
-        frontier = _TileBoxes(np.arange(self.head_count), np.zeros(self.head_count, np.int64),
-                              np.full(self.head_count, self.tiles_q), np.zeros(self.head_count, np.int64),
-                              np.full(self.head_count, self.tiles_k))
+    def run(self, rows: np.ndarray | None = None) -> TileSets:
+        """The FULL boxes and PARTIAL tiles; every other tile is EMPTY. With `rows`, only
+        those query tiles' rows are analyzed (of head 0)."""
+        if rows is None:
+            frontier = _TileBoxes(np.arange(self.head_count), np.zeros(self.head_count, np.int64),
+                                  np.full(self.head_count, self.tiles_q), np.zeros(self.head_count, np.int64),
+                                  np.full(self.head_count, self.tiles_k))
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            frontier = _TileBoxes(np.zeros(len(rows), np.int64), rows, rows + 1, np.zeros(len(rows), np.int64),
+                                  np.full(len(rows), self.tiles_k))
         leaves, full = [], []
         open_tiles = 0
         while len(frontier):
@@ -253,12 +271,14 @@ class _Analyzer:
         self.stats["reasoning"] += int((kinds != UNKNOWN).sum())
 
         rest = np.flatnonzero(kinds == UNKNOWN)
-        if len(rest):
-            seen_true, seen_false = self._witnesses(_select_boxes(boxes, rest))
-            proven = (has_true[rest] | seen_true) & (has_false[rest] | seen_false)
-            kinds[rest[proven]] = PARTIAL
-            self.stats["sampling"] += int(proven.sum())
-            rest = rest[~proven]
+        for witnesses in (self._witnesses, self._scattered_witnesses):
+            if len(rest):
+                seen_true, seen_false = witnesses(_select_boxes(boxes, rest))
+                proven = (has_true[rest] | seen_true) & (has_false[rest] | seen_false)
+                kinds[rest[proven]] = PARTIAL
+                self.stats["sampling"] += int(proven.sum())
+                has_true[rest], has_false[rest] = has_true[rest] | seen_true, has_false[rest] | seen_false
+                rest = rest[~proven]
         if len(rest):  # what witnesses missed: refine every undecided sub-block deeper
             decided = _kinds_from_evidence(*self._subdivide(_select_boxes(boxes, rest)))
             kinds[rest] = decided
@@ -317,6 +337,17 @@ class _Analyzer:
         k = np.concatenate([np.tile(k_starts[b][:, None] + offsets, (1, 4)) for _, b in anchors], axis=1)
         q = np.minimum(q, boxes.q_hi[:, None])
         k = np.minimum(k, boxes.k_hi[:, None])
+        values = self._exact(q, k, np.broadcast_to(boxes.h[:, None], q.shape))
+        return values.any(1), ~values.all(1)
+
+    def _scattered_witnesses(self, boxes: Boxes):
+        """Exact mask values at SCATTERED_WITNESSES pairs per tile drawn at random (fixed seed):
+        where the allowed pairs of a tile are not contiguous in token order (a layout's patch,
+        whose rows are grid rows), the corner and centre points can all miss them."""
+        rng = np.random.default_rng(len(boxes))
+        u, w = rng.random((2, len(boxes), SCATTERED_WITNESSES))
+        q = boxes.q_lo[:, None] + (u * (boxes.q_hi - boxes.q_lo + 1)[:, None]).astype(np.int64)
+        k = boxes.k_lo[:, None] + (w * (boxes.k_hi - boxes.k_lo + 1)[:, None]).astype(np.int64)
         values = self._exact(q, k, np.broadcast_to(boxes.h[:, None], q.shape))
         return values.any(1), ~values.all(1)
 
@@ -410,6 +441,9 @@ class BlockMap:
     stats: dict = field(default_factory=dict)
     seconds: float = 0.0
     tile_sets: TileSets | None = field(default=None, repr=False)
+    layout: object = None         # the token order of the map's tiles (`attnlang.layout.Layout`); None: row-major
+    layout_choice: object = None  # why, when layout="auto" chose it (`LayoutChoice`)
+    layout_lengths: tuple[int, int] | None = None  # the row-major lengths a laid-out map is for
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -445,6 +479,12 @@ class BlockMap:
             return {"empty": int(np.prod(self.shape)) - full - partial, "partial": partial, "full": full}
         values = np.bincount(self.kinds.ravel(), minlength=3)
         return {"empty": int(values[EMPTY]), "partial": int(values[PARTIAL]), "full": int(values[FULL])}
+
+    def useful_fraction(self, exact: bool = False) -> float:
+        """Allowed pairs over the pairs of visited (FULL and PARTIAL) tiles: the share of a
+        kernel's tile work that is not thrown away (padding of a layout counts as waste)."""
+        visited = self.counts["full"] + self.counts["partial"]
+        return self.pairs(exact) / (visited * self.block_q * self.block_k) if visited else 0.0
 
     @property
     def tile_density(self) -> float:

@@ -77,6 +77,7 @@ class _Let:
 @dataclass
 class _Grid:
     axes: dict[str, tuple[ir.Expr, ir.Expr | None]] = field(default_factory=dict)  # divisor, modulus
+    sizes: tuple[tuple[str, ir.Expr], ...] = ()  # axis -> size, in declaration order
 
 
 class _Lowering:
@@ -117,6 +118,7 @@ class _Lowering:
             logit=fold_constants(self.logit),
             inputs=tuple(self.inputs),
             route=self.route,
+            grid=self.grid.sizes if self.grid else (),
             span=self.decl.span,
         )
 
@@ -165,7 +167,7 @@ class _Lowering:
             sizes.append(size)
         if len(set(stmt.axes)) != len(stmt.axes):
             raise AttnlangError("grid axes must have different names", stmt.span)
-        grid = _Grid()
+        grid = _Grid(sizes=tuple(zip(stmt.axes, sizes)))
         stride: ir.Expr = ir.Const(1, Type.INT)
         # Row-major: the last axis varies fastest. The first axis is not wrapped, so tokens
         # past the grid's end continue along it (e.g. extra frames of a video).

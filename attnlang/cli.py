@@ -82,6 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--heads", type=int, default=16, help="heads for --block auto")
     compile_.add_argument("--head-dim", type=int, default=128, help="head dim for --block auto")
     compile_.add_argument("--tune-seq", type=int, default=16384, help="length for --block auto")
+    compile_.add_argument("--layout", default="row-major", metavar="LAYOUT",
+                          help=LAYOUT_HELP + "; not row-major: the module takes q, k, v in that order, at --seq")
     compile_.add_argument("-o", "--output", metavar="kernel.py")
     compile_.add_argument("--target", default="sm_90", metavar="SM", help="for --report: sm_80, sm_90, ...")
     compile_.add_argument("--report", action="store_true",
@@ -110,6 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--costs", default="model", choices=["model", "compiled"],
                           help="price tiles by the IR's operations (model) or by the kernels' SASS, compiled for "
                                "the hardware's architecture without a GPU (compiled; cached)")
+    simulate.add_argument("--layout", default="row-major", metavar="LAYOUT", help=LAYOUT_HELP)
     simulate.add_argument("--json", action="store_true")
     simulate.add_argument("--plot", metavar="FILE", help="speedup against length, as a PNG")
     simulate.set_defaults(run=_run_simulate)
@@ -126,6 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LAYOUT_HELP = ("token order: row-major, auto (chosen by the simulator), a tile shape such as 16x8 (query/key: 16x8/8x8), or 'residues D'")
+
+
 def _add_pattern_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="a .attn file, a file of patterns/ by name, or 'stdlib'")
     parser.add_argument("pattern", metavar="PATTERN")
@@ -137,6 +143,7 @@ def _add_pattern_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block", type=int, default=None, metavar="B", help="tile side (default: auto)")
     parser.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=V*COUNT,...",
                         help="a runtime input as runs of values, e.g. doc=0*100,1*28 (repeatable)")
+    parser.add_argument("--layout", default="row-major", metavar="LAYOUT", help=LAYOUT_HELP)
 
 
 # -- check / list --------------------------------------------------------------------------
@@ -189,7 +196,8 @@ def _run_show(args) -> int:
     seq_q, seq_k, heads = _lengths(args)
     inputs = _parse_inputs(args.inputs, pattern, max(seq_q, seq_k))
     heads_shown = _heads_to_show(pattern, heads, args.head)
-    token_level = max(seq_q, seq_k) <= TOKEN_LEVEL_LIMIT and args.block is None
+    laid_out = args.layout.strip().lower() != "row-major"
+    token_level = max(seq_q, seq_k) <= TOKEN_LEVEL_LIMIT and args.block is None and not laid_out
     if not token_level:
         _check_drawable(seq_q, seq_k, args.block)
     png = args.png and _output_file("--png", args.png, (".png",))
@@ -200,7 +208,7 @@ def _run_show(args) -> int:
               "this is the static mask it chooses from")
     if png:
         block = args.block or _auto_block(max(seq_q, seq_k), max(seq_q, seq_k))
-        block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
+        block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs, layout=args.layout)
         from .plots import plot_block_map
         _write("--png", png, lambda: plot_block_map(block_map, png, title=pattern.label, heads=heads_shown))
         print(f"wrote {png}")
@@ -214,7 +222,11 @@ def _run_show(args) -> int:
         print(TOKEN_LEGEND)
         return 0
     block = args.block or _auto_block(seq_q, seq_k)
-    kinds = pattern.analyze(seq_q, seq_k, heads, block, inputs).kinds
+    block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs, layout=args.layout)
+    if laid_out:
+        print(f"layout {block_map.layout}: tiles of the permuted tokens"
+              + (f" ({block_map.layout_choice.reason})" if block_map.layout_choice.times_ms else ""))
+    kinds = block_map.kinds
     for head in heads_shown:
         _print_head_title(pattern, head, heads_shown)
         print(render_tiles(kinds[min(head, kinds.shape[0] - 1)], block))
@@ -241,6 +253,16 @@ def _run_compile(args) -> int:
     else:
         block = _tile_shape(tuple(_int_list("--block", args.block)) if "," in args.block
                             else int(_int_list("--block", args.block)[0]))
+    if args.layout.strip().lower() != "row-major":
+        seq = args.tune_seq if args.seq is None else args.seq
+        choice = pattern.choose_layout(args.layout, seq, seq, block, heads=args.heads, head_dim=args.head_dim,
+                                       hardware=args.hw)
+        print(choice.reason, file=info)
+        pattern = pattern.with_layout(choice.layout, seq, seq, block)
+        if not choice.layout.is_row_major:
+            padded = choice.layout.lengths(seq, seq)
+            print(f"note: the module takes q, k, v of {padded[0]} x {padded[1]} tokens in layout "
+                  f"{choice.layout}'s order (attnlang's LayoutKernel.permute makes them)", file=info)
     if output:
         source = standalone_source(pattern.ir, block, statement_origins(pattern.decl))
         _write("-o", output, lambda: output.write_text(source))
@@ -283,7 +305,7 @@ def _run_simulate(args) -> int:
             inputs = _parse_inputs(args.inputs, pattern, n) if pattern.inputs else None
             results.append(simulate(pattern, seq=n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                                     batch=args.batch, hardware=hardware, backward=args.backward, block=block,
-                                    inputs=inputs, costs=args.costs))
+                                    inputs=inputs, costs=args.costs, layout=args.layout))
         series[pattern.label] = results
     if args.json:
         print(json.dumps([r.as_dict() for results in series.values() for r in results]))
@@ -292,13 +314,13 @@ def _run_simulate(args) -> int:
         print(f"{hardware.name}: B={args.batch}, H={args.heads}, D={args.head_dim}, {args.dtype}, "
               f"tiles {block[0]} x {block[1]}, {direction} (uncalibrated unless the profile was calibrated)")
         print(f"{'pattern':34} {'N':>8} {'time ms':>10} {'dense ms':>10} {'speedup':>8} {'bound':>7} "
-              f"{'util':>5}  breakdown ms (mma / elementwise / memory / overhead / imbalance)")
+              f"{'util':>5}  breakdown ms (mma / elementwise / memory / overhead / imbalance / permutation)")
         for label, results in series.items():
             for r in results:
                 b = r.breakdown
                 print(f"{label[:34]:34} {r.seq:8d} {r.time_ms:10.3f} {r.dense_time_ms:10.3f} {r.speedup:8.2f} "
                       f"{r.upper_bound:7.2f} {r.utilization:5.2f}  {b['mma']:.3f} / {b['elementwise']:.3f} / "
-                      f"{b['memory']:.3f} / {b['overhead']:.3f} / {b['imbalance']:.3f}")
+                      f"{b['memory']:.3f} / {b['overhead']:.3f} / {b['imbalance']:.3f} / {b['permutation']:.3f}")
     if plot:
         from .plots import plot_speedups
         _write("--plot", plot, lambda: plot_speedups(series, plot, hardware.key, args.backward))
@@ -328,7 +350,7 @@ def _run_analyze(args) -> int:
     seq_q, seq_k, heads = _lengths(args)
     inputs = _parse_inputs(args.inputs, pattern, max(seq_q, seq_k))
     block = args.block or 128
-    block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs)
+    block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs, layout=args.layout)
     complexity = pattern.complexity()
     closed_form = at_n = None
     if complexity.method == "derived":
@@ -340,6 +362,8 @@ def _run_analyze(args) -> int:
         "heads_in_map": block_map.shape[0], "block_q": block, "block_k": block,
         "counts": block_map.counts, "tile_density": block_map.tile_density, "density": block_map.density(),
         "decided_by": block_map.stats, "seconds": block_map.seconds,
+        "layout": str(block_map.layout), "useful_fraction": block_map.useful_fraction(),
+        "layout_reason": block_map.layout_choice.reason if block_map.layout_choice else None,
         "complexity": {"method": complexity.method, "big_o": complexity.big_o, "closed_form": closed_form,
                        "valid_from": complexity.valid_from, "pairs_at_n": at_n,
                        "exponent": complexity.exponent, "note": complexity.reason},
@@ -353,6 +377,13 @@ def _run_analyze(args) -> int:
     print(f"  tiles         {total:,} ({block_map.shape[0]} head map(s)): {counts['full']:,} full, "
           f"{counts['partial']:,} partial, {counts['empty']:,} empty")
     print(f"  tile density  {block_map.tile_density:.4f}   (non-empty tiles / all tiles)")
+    print(f"  useful        {block_map.useful_fraction():.4f}   (allowed pairs / pairs of visited tiles)")
+    if not block_map.layout.is_row_major or block_map.layout_choice:
+        padded = block_map.seq_q, block_map.seq_k
+        print(f"  layout        {block_map.layout}   (tiles of the permuted tokens, {padded[0]} x {padded[1]} "
+              "with padding)")
+        if block_map.layout_choice:
+            print(f"                {block_map.layout_choice.reason}")
     print(f"  density       {block_map.density():.4f}   (allowed pairs / all pairs, partial tiles sampled)")
     stats = block_map.stats
     print(f"  decided by    reasoning {stats['reasoning']:,}, witness points {stats['sampling']:,}, "

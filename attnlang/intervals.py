@@ -200,13 +200,18 @@ class IntervalEvaluator(ir.Visitor):
     """Bounds of IR expressions over `Boxes`; one method per IR node kind."""
 
     def visit(self, node: ir.Expr) -> Interval:
-        bounds = super().visit(node)
-        return _int_bounds(bounds) if node.type is Type.INT else bounds
+        # a subexpression that occurs several times (a layout's `q // B` in every coordinate)
+        # is bounded once per evaluation: nodes are immutable values, the memo lives with `self`
+        if node not in self._memo:
+            bounds = super().visit(node)
+            self._memo[node] = _int_bounds(bounds) if node.type is Type.INT else bounds
+        return self._memo[node]
 
     def __init__(self, boxes: Boxes, constants: dict, inputs: dict[str, RangeMinMax] | None = None):
         self.boxes = boxes
         self.constants = constants  # n_q, n_k, heads
         self.inputs = inputs or {}
+        self._memo: dict[ir.Expr, Interval] = {}
 
     # leaves
     def visit_Const(self, node: ir.Const):

@@ -232,6 +232,9 @@ class PatternIR:
     logit: Expr
     inputs: tuple[str, ...] = ()
     route: RouteIR | None = None
+    # `grid (A, B) = (SA, SB)`: axis names and sizes, outermost first (the coordinates are
+    # already lowered to `//` and `%` of q and k in mask and logit; layouts read the grid)
+    grid: tuple[tuple[str, Expr], ...] = ()
     span: Span | None = _span()
 
     @property

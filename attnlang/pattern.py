@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from . import ast, ir, reference
 from .checker import coerce_param, lower_pattern
 from .errors import AttnlangError, Source, decode_source, did_you_mean
 from .parser import parse_source
+from .layout import ROW_MAJOR, Layout
 from .printer import print_pattern
 
 if TYPE_CHECKING:
@@ -38,6 +40,9 @@ class Pattern:
         self.ir: ir.PatternIR = lower_pattern(decl, values, module)
         # inputs used when a call gives none (a traced mask_mod's captured tensors)
         self.default_inputs: dict = {}
+        # the token order `ir` reads positions in (`with_layout`), and the lengths it is for
+        self.layout: Layout = ROW_MAJOR
+        self.layout_lengths: tuple[int, int] | None = None
 
     # -- identity ---------------------------------------------------------------------
 
@@ -90,6 +95,9 @@ class Pattern:
 
     def bind(self, **params) -> "Pattern":
         """A copy with some parameters rebound; unknown or ill-typed ones raise `AttnlangError`."""
+        if not self.layout.is_row_major:
+            raise AttnlangError(f"pattern '{self.name}' is laid out ({self.layout}); bind its parameters first, "
+                                "then call with_layout")
         bound = Pattern(self.decl, self.module, {**self._params, **params})
         bound.default_inputs = self.default_inputs
         return bound
@@ -134,18 +142,66 @@ class Pattern:
                                        torch.from_numpy(keep)[None], q[batch:batch + 1], k[batch:batch + 1])
         return routed[0].cpu().numpy()
 
+    # -- layouts ------------------------------------------------------------------------
+
+    def with_layout(self, layout, seq_q: int, seq_k: int | None = None, block=(128, 64), *, heads: int = 16,
+                    hardware="h100") -> "Pattern":
+        """This pattern on tokens reordered by `layout` (`attnlang.layout`): "row-major", a tile
+        shape such as "16x8" (query/key: "16x8/8x8"), "residues D", "auto" (the simulator's
+        choice at these lengths, `block` and `hardware`), or a `Layout`. Its `ir` reads
+        positions in the new order: analyze, reference and compile it at
+        `layout.lengths(seq_q, seq_k)` (whole tiles; padding is masked out)."""
+        from .layout import apply
+        seq_k = seq_q if seq_k is None else seq_k
+        chosen = self.choose_layout(layout, seq_q, seq_k, block, heads=heads, hardware=hardware).layout
+        if chosen.is_row_major:
+            return self
+        if not self.layout.is_row_major:
+            raise AttnlangError(f"pattern '{self.name}' is already laid out ({self.layout})")
+        laid_out = copy.copy(self)
+        laid_out.ir = apply(self.ir, chosen, seq_q, seq_k)
+        laid_out.layout, laid_out.layout_lengths = chosen, (seq_q, seq_k)
+        return laid_out
+
+    def choose_layout(self, layout, seq_q: int, seq_k: int | None = None, block=(128, 64), *, heads: int = 16,
+                      head_dim: int = 128, dtype: str = "bf16", hardware="h100"):
+        """A `LayoutChoice`: for "auto", the simulated choice (`choice.reason` says why); for any
+        other spec, that layout."""
+        from .analysis import _tile_shape
+        from .layout import LayoutChoice, choose_layout, parse_layout
+        seq_k = seq_q if seq_k is None else seq_k
+        block = _tile_shape(block)
+        if isinstance(layout, str) and layout.strip().lower() == "auto":
+            return choose_layout(self.ir, seq_q, seq_k, block, heads, head_dim, dtype, hardware)
+        chosen = parse_layout(layout, self.ir, seq_q, seq_k, *block, heads=heads)
+        return LayoutChoice(chosen, seq_q, block, str(hardware), {}, {})
+
     # -- analysis and export ------------------------------------------------------------
 
     def analyze(self, seq_q: int, seq_k: int | None = None, heads: int = 1, block=128, inputs=None,
-                *, batch: int = 0) -> "BlockMap":
+                *, batch: int = 0, layout="row-major", hardware="h100") -> "BlockMap":
         """The block map: which tiles are EMPTY / PARTIAL / FULL, exactly, without N² work.
 
         `block` is an int or a `(block_q, block_k)` pair; `inputs` as for `reference_mask`.
-        For a routing pattern this is the static map the routing chooses from.
+        For a routing pattern this is the static map the routing chooses from. With a
+        `layout` ("auto", a tile shape such as "16x8", "residues D"; see `with_layout`) the
+        map is of the permuted tokens: its tiles, counts and pairs refer to that order, and
+        `bm.layout` (and `bm.layout_choice`) say which.
         """
         from .analysis import analyze_blocks
-        return analyze_blocks(self.ir, seq_q, seq_q if seq_k is None else seq_k, heads, block,
-                              self.inputs_or_defaults(inputs), batch)
+        seq_k = seq_q if seq_k is None else seq_k
+        choice = None
+        if not (isinstance(layout, str) and layout.strip().lower() == "row-major"):
+            choice = self.choose_layout(layout, seq_q, seq_k, block, heads=heads, hardware=hardware)
+        if choice is not None and not choice.layout.is_row_major:
+            laid_out = self.with_layout(choice.layout, seq_q, seq_k, block)
+            block_map = laid_out.analyze(*choice.layout.lengths(seq_q, seq_k), heads, block, inputs, batch=batch)
+            block_map.layout, block_map.layout_choice = choice.layout, choice
+            block_map.layout_lengths = (seq_q, seq_k)
+            return block_map
+        block_map = analyze_blocks(self.ir, seq_q, seq_k, heads, block, self.inputs_or_defaults(inputs), batch)
+        block_map.layout, block_map.layout_choice = self.layout, choice
+        return block_map
 
     def complexity(self, fit_lengths: tuple[int, ...] = (2048, 4096, 8192, 16384), heads: int = 8):
         """Allowed pairs at n_q = n_k = n: a sympy closed form in n and the parameters where
@@ -180,7 +236,7 @@ class Pattern:
                           reason=reason)
 
     def compile(self, heads: int | None = None, head_dim: int | None = None, heads_kv: int | None = None,
-                dtype=None, block=64, *, tune_seq: int = 16384, hardware="h100"):
+                dtype=None, block=64, *, tune_seq: int = 16384, hardware="h100", layout="auto"):
         """A fused Triton kernel (forward and backward) for this pattern: an `AttentionKernel`.
 
         `kernel(q, k, v, inputs=None, scale=None, return_lse=False)` takes heads, GQA groups,
@@ -190,16 +246,27 @@ class Pattern:
         generated Triton code. `block="auto"` picks the tile shape with the lowest simulated
         time at `tune_seq` on `hardware` (for the pinned head count and dim, else 16 and 128,
         bf16); `kernel.block_choice` says why.
+
+        `layout` reorders tokens so that a `grid` or `% d` pattern's tiles are dense ("auto":
+        the lowest simulated time with the permutation counted, chosen per length on first use;
+        "row-major"; a tile shape such as "16x8"; "residues D"; see `with_layout`). Where a
+        layout can apply, the result is a `LayoutKernel`: same call, plus `permute`,
+        `unpermute`, `permuted=True`, `layout_for(seq)` and `layout_choice.reason` (the
+        choice at the last length it ran or was asked for).
         """
         import torch
 
-        from attnlang.codegen.runtime import AttentionKernel
+        from attnlang.codegen.runtime import AttentionKernel, LayoutKernel
         choice = None
         if block == "auto":
             from .simulator import choose_block
             names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
             choice = choose_block(self, tune_seq, heads or 16, head_dim or 128, names.get(dtype, "bf16"), hardware)
             block = choice.block
+        if self._layout_applies(layout):
+            kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware)
+            kernel.block_choice = choice
+            return kernel
         key = (self.ir, heads, head_dim, heads_kv, dtype, block if isinstance(block, int) else tuple(block))
         if key not in _KERNELS:
             _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block)
@@ -208,6 +275,15 @@ class Pattern:
         if choice is not None:
             kernel.block_choice = choice
         return kernel
+
+    def _layout_applies(self, layout) -> bool:
+        """Whether `layout` can reorder this pattern's tokens ("auto": it has a grid or a `% d`)."""
+        from .layout import has_candidates
+        if not self.layout.is_row_major or (isinstance(layout, str) and layout.strip().lower() == "row-major"):
+            return False
+        if isinstance(layout, str) and layout.strip().lower() == "auto":
+            return has_candidates(self.ir)
+        return True
 
     def flex_mods(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None,
                   inputs=None):

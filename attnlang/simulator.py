@@ -287,7 +287,8 @@ def _program_seconds(hw: Hardware, kernel: str, bm: int, bn: int, dim: int, dtyp
 def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_dim: int = 128,
              dtype: str = "bf16", batch: int = 1, hardware="h100", backward: bool = False,
              block=(128, 64), seq_k: int | None = None, inputs=None, placement: str = "greedy",
-             compute_only: bool = False, partial_as_full: bool = False, costs="model") -> SimResult:
+             compute_only: bool = False, partial_as_full: bool = False, costs="model",
+             layout="row-major") -> SimResult:
     """Predicted time of attnlang's kernel for a pattern (or a block map) on a GPU.
 
     `costs` prices a tile's non-MMA work: "model" weighs the IR's operations (fast, no
@@ -299,11 +300,16 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     dense tiles / visited tiles (what a tile-counting simulator would claim). With
     `compute_only` and `partial_as_full`, only tensor-core work is priced and partial tiles
     cost like full ones; with `placement="fluid"` too, speedup equals the upper bound.
+
+    `layout` ("row-major", "auto", a tile shape such as "16x8", "residues D"; see
+    `Pattern.with_layout`) prices the kernel on reordered tokens plus the permutation's copies
+    (`breakdown["permutation"]`); speedup stays against the dense kernel on the original
+    lengths. A block map passed in carries its own layout.
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_BYTES:
         raise AttnlangError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
-    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs)
+    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs, layout, hw)
     pattern = block_map.pattern
     bm, bn = block_map.block_q, block_map.block_k
     seq, seq_k = block_map.seq_q, block_map.seq_k
@@ -339,8 +345,17 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         return total, parts
 
     time, breakdown = run(block_map.kinds)
-    dense = np.full((1,) + block_map.kinds.shape[1:], FULL, dtype=np.int8)
+    laid_out = block_map.layout is not None and not block_map.layout.is_row_major
+    original = block_map.layout_lengths if laid_out else (seq, seq_k)
+    dense = np.full((1, -(-original[0] // bm), -(-original[1] // bn)), FULL, dtype=np.int8)
     dense_time, _ = run(dense)
+    breakdown["permutation"] = 0.0
+    if laid_out:
+        from .layout import permutation_ms
+        breakdown["permutation"] = permutation_ms(block_map.layout, hw, *original, batch, heads, head_dim, dtype,
+                                                  backward) * 1e-3
+        time += breakdown["permutation"]
+        seq, seq_k = original
     visited = float((block_map.kinds != 0).sum()) * heads / block_map.kinds.shape[0]
     flops_per_tile = (4.0 + (14.0 if backward else 0.0)) * bm * bn * head_dim
     peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12
@@ -353,6 +368,20 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         tile_density=block_map.tile_density, programs=int(block_map.kinds.shape[1] * batch * heads), slots=slots,
         breakdown={k: v * 1e3 for k, v in breakdown.items()},
     )
+
+
+def tile_seconds(pattern: ir.PatternIR, hw: Hardware, block: tuple[int, int], head_dim: int = 128,
+                 dtype: str = "bf16", backward: bool = True) -> tuple[float, float]:
+    """Seconds one SM spends on a FULL and on a PARTIAL tile, over the forward (and backward)
+    kernels, with the op weights: what ranks layouts before their maps are analyzed whole."""
+    bm, bn = block
+    model = _ModelInstructions(pattern, bm, bn, partial_as_full=False)
+    passes = [("forward", 4.0, 2 * bn)] + ([("backward_kv", 8.0, 2 * bm), ("backward_q", 6.0, 2 * bn)]
+                                           if backward else [])
+    full = sum(_TileCosts(hw, bm, bn, head_dim, dtype, model.full(k), f, rows, False).total for k, f, rows in passes)
+    partial = sum(_TileCosts(hw, bm, bn, head_dim, dtype, model.partial(k), f, rows, False).total
+                  for k, f, rows in passes)
+    return full, partial
 
 
 class _ModelInstructions:
@@ -451,12 +480,16 @@ def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -
     return np.tile(per_head.ravel(), batch)
 
 
-def _block_map(source, seq, seq_k, heads, block, inputs) -> BlockMap:
+def _block_map(source, seq, seq_k, heads, block, inputs, layout="row-major", hw=None) -> BlockMap:
     if isinstance(source, BlockMap):
         return source
     if seq is None:
         raise AttnlangError("simulate needs seq= (the sequence length) for a pattern")
-    return source.analyze(seq, seq if seq_k is None else seq_k, heads, block, inputs)
+    seq_k = seq if seq_k is None else seq_k
+    block_map = source.analyze(seq, seq_k, heads, block, inputs, layout=layout, hardware=hw or "h100")
+    if block_map.layout is not None and not block_map.layout.is_row_major:
+        block_map.layout_lengths = (seq, seq_k)
+    return block_map
 
 
 def _label(pattern: ir.PatternIR) -> str:

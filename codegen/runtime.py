@@ -25,7 +25,7 @@ from attnlang.errors import AttnlangError
 from . import op
 from .template import standalone_source, statement_origins
 
-__all__ = ["AttentionKernel", "cache_dir", "load_module"]
+__all__ = ["AttentionKernel", "LayoutKernel", "cache_dir", "load_module"]
 
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _MODULES: dict[tuple[str, bool], object] = {}
@@ -277,3 +277,127 @@ def _stack(tables, device):
         indices[i, :, :, :idx.shape[2]] = idx
     return (torch.from_numpy(np.ascontiguousarray(counts)).to(device),
             torch.from_numpy(indices).to(device))
+
+
+class LayoutKernel:
+    """Attention in a token order where a grid or residue pattern's tiles are dense
+    (`Pattern.compile(layout=...)`): `kernel(q, k, v)` permutes q, k and v into the layout's
+    order (one gather each), runs the permuted pattern's `AttentionKernel` and un-permutes the
+    output (one gather); autograd saves the permuted tensors, so the backward permutes only dO
+    in and dq, dk, dv out. The layout depends on the lengths and is chosen on first use of
+    each (`layout_for`); `kernel.permute(x)`, `kernel.unpermute(y)` and
+    `kernel(q, k, v, permuted=True)` let a model stay in the permuted order across layers.
+
+    Padding positions (an axis the tile does not divide) hold a copy of token 0 that the
+    permuted mask never reads, so their outputs are dropped and their gradients are zero.
+    """
+
+    def __init__(self, pattern, layout, heads=None, head_dim=None, heads_kv=None, dtype=None, block=64,
+                 hardware="h100"):
+        self.pattern, self.spec, self.hardware = pattern, layout, hardware
+        self.heads, self.head_dim, self.heads_kv, self.dtype = heads, head_dim, heads_kv, dtype
+        self.block_m, self.block_n = _tile_shape(block)
+        self.block_choice = None  # set by Pattern.compile(block="auto")
+        self.layout_choice = None  # the choice at the last length it was made for
+        self._per_length: dict = {}  # (seq_q, seq_k) -> (LayoutChoice, AttentionKernel or None)
+
+    def __repr__(self) -> str:
+        return f"<LayoutKernel {self.pattern.label} layout={self.spec} block={self.block_m}x{self.block_n}>"
+
+    def layout_for(self, seq_q: int, seq_k: int | None = None):
+        """The `Layout` used at these lengths (chosen and cached on first use)."""
+        return self._entry(seq_q, seq_q if seq_k is None else seq_k)[0].layout
+
+    def kernel_for(self, seq_q: int, seq_k: int | None = None) -> AttentionKernel:
+        """The permuted pattern's kernel at these lengths (the row-major kernel if row-major won)."""
+        return self._entry(seq_q, seq_q if seq_k is None else seq_k)[1]
+
+    def _entry(self, seq_q: int, seq_k: int):
+        if (seq_q, seq_k) not in self._per_length:
+            dtype = {torch.float16: "fp16", torch.float32: "fp32"}.get(self.dtype, "bf16")
+            choice = self.pattern.choose_layout(self.spec, seq_q, seq_k, (self.block_m, self.block_n),
+                                                heads=self.heads or 16, head_dim=self.head_dim or 128, dtype=dtype,
+                                                hardware=self.hardware)
+            laid_out = self.pattern.with_layout(choice.layout, seq_q, seq_k, (self.block_m, self.block_n))
+            kernel = AttentionKernel(laid_out, self.heads, self.head_dim, self.heads_kv, self.dtype,
+                                     (self.block_m, self.block_n))
+            kernel.pattern = laid_out
+            self._per_length[(seq_q, seq_k)] = (choice, kernel, _orders(choice.layout, seq_q, seq_k))
+        entry = self._per_length[(seq_q, seq_k)]
+        self.layout_choice = entry[0]
+        return entry
+
+    def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):
+        """The permuted kernel's launch at these (row-major) lengths compiled for `target`
+        without a GPU (`AttentionKernel.compile_for`; its lengths are the layout's, padding included)."""
+        seq_k = seq_q if seq_k is None else seq_k
+        padded = self.layout_for(seq_q, seq_k).lengths(seq_q, seq_k)
+        return self.kernel_for(seq_q, seq_k).compile_for(target, *padded, inputs, **options)
+
+    def source_for(self, seq_q: int, seq_k: int | None = None) -> str:
+        """The generated module at these lengths: it takes q, k, v in the layout's order."""
+        return self.kernel_for(seq_q, seq_k).source
+
+    # -- permutations -------------------------------------------------------------------
+
+    def permute(self, x, side: str = "q", seq_other: int | None = None):
+        """`x` (B, H, N, D) in row-major order -> (B, H, N', D) in the layout's order (`side`:
+        "q" for queries, "k" for keys and values; `seq_other`: the other side's length,
+        default N)."""
+        length = x.shape[2]
+        lengths = (length, seq_other or length) if side == "q" else (seq_other or length, length)
+        gather = self._entry(*lengths)[2][side][0]
+        return x if gather is None else x.index_select(2, gather.to(x.device))
+
+    def unpermute(self, y, seq: int | None = None, seq_k: int | None = None):
+        """`y` (B, H, N', D) in the layout's order (a query-side output) -> (B, H, N, D)."""
+        entry = self._find(y.shape[2], seq, seq_k)
+        inverse = entry[2]["q"][1]
+        return y if inverse is None else y.index_select(2, inverse.to(y.device))
+
+    def _find(self, padded_q: int, seq: int | None, seq_k: int | None):
+        if seq is not None:
+            return self._entry(seq, seq if seq_k is None else seq_k)
+        matches = [e for (n_q, n_k), e in self._per_length.items() if e[0].layout.lengths(n_q, n_k)[0] == padded_q]
+        if len(matches) != 1:
+            raise AttnlangError(f"no single layout of this kernel has {padded_q} query positions; pass seq= (the "
+                                "row-major length), or permute with kernel.permute(x) first")
+        return matches[0]
+
+    # -- running ------------------------------------------------------------------------
+
+    def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False, permuted: bool = False,
+                 seq: int | None = None, seq_k: int | None = None):
+        if inputs:
+            raise AttnlangError(f"pattern '{self.pattern.name}' has no runtime inputs; a layout kernel takes none")
+        if permuted:
+            entry = self._find(q.shape[2], seq, seq_k)
+            return entry[1](q, k, v, scale=scale, return_lse=return_lse)
+        choice, kernel, orders = self._entry(q.shape[2], k.shape[2])
+        if choice.layout.is_row_major:
+            return kernel(q, k, v, scale=scale, return_lse=return_lse)
+        gather = orders["q"][0], orders["k"][0]
+        q = q if gather[0] is None else q.index_select(2, gather[0].to(q.device))
+        k, v = ((k, v) if gather[1] is None else
+                (k.index_select(2, gather[1].to(k.device)), v.index_select(2, gather[1].to(v.device))))
+        out, lse = kernel(q, k, v, scale=scale, return_lse=True)
+        inverse = orders["q"][1]
+        if inverse is not None:
+            out, lse = out.index_select(2, inverse.to(out.device)), lse.index_select(2, inverse.to(lse.device))
+        return (out, lse) if return_lse else out
+
+
+def _orders(layout, seq_q: int, seq_k: int) -> dict:
+    """Per side: the gather into the layout's order (padding reads token 0) and the gather back
+    (each token's position in that order), as int64 tensors; None for a row-major side."""
+    orders = {}
+    for side, tiling in (("q", layout.q), ("k", layout.k)):
+        if tiling is None:
+            orders[side] = (None, None)
+            continue
+        order = tiling.order()
+        inverse = np.empty(tiling.length, dtype=np.int64)
+        real = order >= 0
+        inverse[order[real]] = np.flatnonzero(real)
+        orders[side] = (torch.from_numpy(np.where(real, order, 0)), torch.from_numpy(inverse))
+    return orders

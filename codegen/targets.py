@@ -430,7 +430,7 @@ def audit_one(name: str, target: str, head_dim: int, dtype: str = "bfloat16", se
         short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
         block = choose_block(pattern, seq, heads, head_dim, short, hardware, inputs).block
         kernel = pattern.compile(heads=heads, head_dim=head_dim, dtype=torch_dtype, block=block)
-    return compile_for(kernel, resolved, seq, inputs=inputs)
+    return kernel.compile_for(resolved, seq, inputs=inputs)  # a layout kernel compiles its permuted launch
 
 
 # -- the worker: runs with TRITON_INTERPRET=0 -------------------------------------------------

@@ -46,7 +46,8 @@ def assert_flex_mask(p, seq_q, seq_k, heads=2, batch=1, inputs=None):
 
 
 def standalone_error(p, q, k, v, inputs=None):
-    module = load_module(p.compile(heads=q.shape[1], head_dim=q.shape[-1], block=16).standalone_source(),
+    kernel = p.compile(heads=q.shape[1], head_dim=q.shape[-1], block=16, layout="row-major")
+    module = load_module(kernel.standalone_source(),
                          p.slug, interpret=True)
     return (module.attention(q, k, v, inputs=inputs) - p.reference_attention(q, k, v, inputs=inputs)).abs().max()
 
