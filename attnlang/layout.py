@@ -273,20 +273,47 @@ def candidates(pattern: ir.PatternIR, seq_q: int, seq_k: int, block_q: int, bloc
         return found
     sizes = grid_sizes(pattern, seq_q, seq_k, heads)
     if sizes is not None and len(sizes) > 1:
-        limits = tuple(_next_power_of_two(s) for s in _extended(sizes, max(seq_q, seq_k)))
-        for q_tile in _powers_of_two(block_q, len(sizes), limits):
-            for k_tile in _powers_of_two(block_k, len(sizes), limits):
-                if all(q % k == 0 or k % q == 0 for q, k in zip(q_tile, k_tile)) and _nested(q_tile, k_tile):
-                    found.append(tile_layout(pattern, seq_q, seq_k, q_tile, k_tile, heads))
+        extended = _extended(sizes, max(seq_q, seq_k))
+        limits = tuple(_next_power_of_two(s) for s in extended)
+        for q_tile in _compact_shapes(block_q, extended, limits):
+            for k_tile in _key_shapes(q_tile, block_k):
+                found.append(tile_layout(pattern, seq_q, seq_k, q_tile, k_tile, heads))
     for modulus in _residue_moduli(pattern):
         if modulus < min(seq_q, seq_k):
             found.append(residue_layout(seq_q, seq_k, modulus, block_q, block_k))
     return found
 
 
-def _nested(q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> bool:
-    """The smaller tile fits inside the larger one axis by axis (a key tile of a query tile)."""
-    return all(a <= b for a, b in zip(k_tile, q_tile)) or all(a >= b for a, b in zip(k_tile, q_tile))
+MAX_PADDING = 1.25  # a tile shape that pads the grid by more than this is not a candidate
+MAX_SHAPES = 16     # query tile shapes per grid: the least padded, then the most compact
+
+
+def _compact_shapes(block: int, sizes: tuple[int, ...], limits: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Query tile shapes worth analyzing: little padding, and cube-like before thin (a grid of
+    six axes has hundreds of shapes; a window is served by the compact ones)."""
+    def padding(tile):
+        return math.prod(-(-s // t) * t for s, t in zip(sizes, tile)) / math.prod(sizes)
+    shapes = [t for t in _powers_of_two(block, len(sizes), limits) if padding(t) <= MAX_PADDING]
+    return sorted(shapes, key=lambda t: (round(padding(t), 2), max(t)))[:MAX_SHAPES]
+
+
+def _key_shapes(q_tile: tuple[int, ...], block_k: int) -> list[tuple[int, ...]]:
+    """Key tile shapes for a query tile: the same shape, or (for smaller key tiles) the query
+    tile halved along its longest axes, again until it holds `block_k` (larger: doubled along
+    its shortest). Nested tiles keep each key tile inside a query tile's footprint."""
+    shapes = {tuple(q_tile)}
+    while math.prod(next(iter(shapes))) != block_k:
+        grow = math.prod(next(iter(shapes))) < block_k
+        following = set()
+        for shape in shapes:
+            target = min(shape) if grow else max(shape)
+            for axis, extent in enumerate(shape):
+                if extent == target and (grow or extent > 1):
+                    following.add(shape[:axis] + (extent * 2 if grow else extent // 2,) + shape[axis + 1:])
+        if not following:
+            return []
+        shapes = following
+    return sorted(shapes)
 
 
 def parse_layout(spec, pattern: ir.PatternIR, seq_q: int, seq_k: int, block_q: int, block_k: int,

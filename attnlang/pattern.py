@@ -201,6 +201,7 @@ class Pattern:
             return block_map
         block_map = analyze_blocks(self.ir, seq_q, seq_k, heads, block, self.inputs_or_defaults(inputs), batch)
         block_map.layout, block_map.layout_choice = self.layout, choice
+        block_map.layout_lengths = self.layout_lengths  # a laid-out pattern's map is of permuted tokens
         return block_map
 
     def complexity(self, fit_lengths: tuple[int, ...] = (2048, 4096, 8192, 16384), heads: int = 8):
@@ -261,7 +262,9 @@ class Pattern:
         if block == "auto":
             from .simulator import choose_block
             names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-            choice = choose_block(self, tune_seq, heads or 16, head_dim or 128, names.get(dtype, "bf16"), hardware)
+            joint = "auto" if self._layout_applies(layout) and str(layout).strip().lower() == "auto" else "row-major"
+            choice = choose_block(self, tune_seq, heads or 16, head_dim or 128, names.get(dtype, "bf16"), hardware,
+                                  layout=joint)
             block = choice.block
         if self._layout_applies(layout):
             kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware)

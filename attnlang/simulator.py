@@ -439,7 +439,8 @@ def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_di
                             "architecture to compile for")
     target = resolve_target(f"sm_{hw.compute_capability}")
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    kernel = pattern.compile(heads=16, head_dim=head_dim, dtype=torch_dtype, block=block)
+    # the row-major kernel: a layout changes only per-row position arithmetic in the tile loop
+    kernel = pattern.compile(heads=16, head_dim=head_dim, dtype=torch_dtype, block=block, layout="row-major")
     seq_k = seq if seq_k is None else seq_k
     ragged = seq % block[0] != 0 or seq_k % block[1] != 0
     # what the compiled code depends on: the source, the target, the specialization (RAGGED, and
@@ -551,9 +552,11 @@ class BlockChoice:
 
 
 def choose_block(pattern, seq: int = 16384, heads: int = 16, head_dim: int = 128, dtype: str = "bf16",
-                 hardware="h100", inputs=None, candidates=BLOCK_CANDIDATES, costs="model") -> BlockChoice:
+                 hardware="h100", inputs=None, candidates=BLOCK_CANDIDATES, costs="model",
+                 layout="row-major") -> BlockChoice:
     """The tile shape with the lowest simulated forward + backward time at this length, among
-    those whose kernels fit (`fits`); `costs` as in `simulate`."""
+    those whose kernels fit (`fits`); `costs` as in `simulate`. With `layout="auto"` each
+    shape is priced in its best layout, so the (layout, tile) pair is chosen together."""
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     times = {}
     for block in candidates:
@@ -561,7 +564,7 @@ def choose_block(pattern, seq: int = 16384, heads: int = 16, head_dim: int = 128
             times[block] = None
             continue
         times[block] = simulate(pattern, seq=seq, heads=heads, head_dim=head_dim, dtype=dtype, hardware=hw,
-                                backward=True, block=block, inputs=inputs, costs=costs).time_ms
+                                backward=True, block=block, inputs=inputs, costs=costs, layout=layout).time_ms
     feasible = {b: t for b, t in times.items() if t is not None}
     if not feasible:
         raise AttnlangError(f"no tile shape fits {hw.name}'s shared memory and registers at head_dim {head_dim}")

@@ -48,7 +48,7 @@ def measure(name: str, target: str) -> tuple[str, dict]:
 
     import attnlang
     pattern = attnlang.parse(f"pattern probe() {{\n    {PROBES[name]}\n}}")["probe"]
-    kernel = pattern.compile(heads=16, head_dim=128, dtype=torch.bfloat16, block=BLOCK)
+    kernel = pattern.compile(heads=16, head_dim=128, dtype=torch.bfloat16, block=BLOCK, layout="row-major")
     per_pair = {}
     for k in kernel.compile_for(target, 16384):
         scale = k.num_warps * 32 / (BLOCK[0] * BLOCK[1])

@@ -314,6 +314,10 @@ class LayoutKernel:
 
     def _entry(self, seq_q: int, seq_k: int):
         if (seq_q, seq_k) not in self._per_length:
+            if torch.compiler.is_compiling():  # choosing analyzes and simulates: numpy, not graph code
+                raise RuntimeError(  # a builtin: dynamo traces its construction, not AttnlangError'sf"the layout for {seq_q} x {seq_k} tokens is chosen outside torch.compile: call "
+                                    f"kernel.layout_for({seq_q}, {seq_k}) (or the kernel once) before the compiled "
+                                    "model first sees this length")
             dtype = {torch.float16: "fp16", torch.float32: "fp32"}.get(self.dtype, "bf16")
             choice = self.pattern.choose_layout(self.spec, seq_q, seq_k, (self.block_m, self.block_n),
                                                 heads=self.heads or 16, head_dim=self.head_dim or 128, dtype=dtype,
