@@ -480,6 +480,15 @@ class BlockMap:
         values = np.bincount(self.kinds.ravel(), minlength=3)
         return {"empty": int(values[EMPTY]), "partial": int(values[PARTIAL]), "full": int(values[FULL])}
 
+    def routed_tiles(self) -> int | None:
+        """For a routing pattern, the most tiles a launch visits once routing has chosen (the
+        kept tiles plus K routing blocks per query block, over the map's heads;
+        `attnlang.routing.routed_rows`); `counts` are the static candidates. None otherwise."""
+        if self.pattern.route is None:
+            return None
+        from .routing import routed_rows
+        return int(routed_rows(self).sum())
+
     def useful_fraction(self, exact: bool = False) -> float:
         """Allowed pairs over the pairs of visited (FULL and PARTIAL) tiles: the share of a
         kernel's tile work that is not thrown away (padding of a layout counts as waste)."""
@@ -651,19 +660,27 @@ class BlockMap:
 
     # -- FlexAttention ----------------------------------------------------------------
 
-    def to_flex(self, mask_mod=None):
+    def to_flex(self, mask_mod=None, *, q=None, k=None, static_only: bool = False):
         """A FlexAttention `BlockMask` built from these tables, without evaluating pairs.
 
         FlexAttention never skips the mask on a tile cut by a ragged end, so such tiles
         are PARTIAL here. `mask_mod` defaults to the pattern's own, printed from the IR.
+        A routing pattern needs the tensors it routes by (`q=`, `k=`: the selection is made
+        from them, `attnlang.routing.routed_block_mask`), or `static_only=True` for its
+        static candidates.
         """
         import torch
         from torch.nn.attention.flex_attention import BlockMask
 
+        if self.pattern.route is not None and not static_only:
+            from .routing import refuse_mods, routed_block_mask
+            if q is None or k is None:
+                refuse_mods(self.pattern)
+            return routed_block_mask(self, q, k)
         kinds = self.ragged_partial_kinds
         if mask_mod is None:
             from .export import flex_mods
-            mask_mod, _ = flex_mods(self.pattern, self.seq_q, self.seq_k, self.heads, self.inputs)
+            mask_mod, _ = flex_mods(self.pattern, self.seq_q, self.seq_k, self.heads, self.inputs, static_only)
         tq, tk = kinds.shape[1:]
         # FlexAttention's index width is the number of tiles
         forward = _tables(kinds, width=tk)

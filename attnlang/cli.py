@@ -112,7 +112,8 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--costs", default="model", choices=["model", "compiled"],
                           help="price tiles by the IR's operations (model) or by the kernels' SASS, compiled for "
                                "the hardware's architecture without a GPU (compiled; cached)")
-    simulate.add_argument("--layout", default="row-major", metavar="LAYOUT", help=LAYOUT_HELP)
+    simulate.add_argument("--layout", default="auto", metavar="LAYOUT", help=LAYOUT_HELP + " (default: auto, as "
+                          "Pattern.compile)")
     simulate.add_argument("--json", action="store_true")
     simulate.add_argument("--plot", metavar="FILE", help="speedup against length, as a PNG")
     simulate.set_defaults(run=_run_simulate)
@@ -224,8 +225,8 @@ def _run_show(args) -> int:
     block = args.block or _auto_block(seq_q, seq_k)
     block_map = pattern.analyze(seq_q, seq_k, heads, block, inputs, layout=args.layout)
     if laid_out:
-        print(f"layout {block_map.layout}: tiles of the permuted tokens"
-              + (f" ({block_map.layout_choice.reason})" if block_map.layout_choice.times_ms else ""))
+        order = "tiles as written" if block_map.layout.is_row_major else "tiles of the permuted tokens"
+        print(f"layout {block_map.layout}: {order} ({block_map.layout_choice.reason})")
     kinds = block_map.kinds
     for head in heads_shown:
         _print_head_title(pattern, head, heads_shown)
@@ -363,6 +364,7 @@ def _run_analyze(args) -> int:
         "counts": block_map.counts, "tile_density": block_map.tile_density, "density": block_map.density(),
         "decided_by": block_map.stats, "seconds": block_map.seconds,
         "layout": str(block_map.layout), "useful_fraction": block_map.useful_fraction(),
+        "routed_tiles": block_map.routed_tiles(),
         "layout_reason": block_map.layout_choice.reason if block_map.layout_choice else None,
         "complexity": {"method": complexity.method, "big_o": complexity.big_o, "closed_form": closed_form,
                        "valid_from": complexity.valid_from, "pairs_at_n": at_n,
@@ -377,6 +379,10 @@ def _run_analyze(args) -> int:
     print(f"  tiles         {total:,} ({block_map.shape[0]} head map(s)): {counts['full']:,} full, "
           f"{counts['partial']:,} partial, {counts['empty']:,} empty")
     print(f"  tile density  {block_map.tile_density:.4f}   (non-empty tiles / all tiles)")
+    if pattern.is_routed:
+        r = pattern.ir.route
+        print(f"  routed        at most {block_map.routed_tiles():,} tiles visited once routing picks {r.top} blocks of "
+              f"{r.block} per query block (the counts above are the static candidates it picks from)")
     print(f"  useful        {block_map.useful_fraction():.4f}   (allowed pairs / pairs of visited tiles)")
     if not block_map.layout.is_row_major or block_map.layout_choice:
         padded = block_map.seq_q, block_map.seq_k

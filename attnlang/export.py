@@ -13,6 +13,7 @@ import numpy as np
 from . import ir
 from .errors import AttnlangError
 from .ir import Type
+from .routing import refuse_mods
 
 __all__ = ["TorchPrinter", "flex_source", "flex_mods"]
 
@@ -172,12 +173,15 @@ def _function(name: str, signature: str, body: ir.Expr, constants: dict, result:
 
 
 def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None = None,
-                heads: int | None = None) -> str:
+                heads: int | None = None, static_only: bool = False) -> str:
     """A Python module defining `mask_mod(b, h, q_idx, kv_idx)` and `score_mod(score, b, h, q_idx, kv_idx)`.
 
     Runtime inputs (`doc[...]`) are module globals that `flex_mods` binds; subexpressions
-    used twice are computed once, into `t0`, `t1`, ...
+    used twice are computed once, into `t0`, `t1`, ... A routing pattern is refused unless
+    `static_only` (its static candidates: the routing's selection is not in the mods).
     """
+    if not static_only:
+        refuse_mods(pattern)
     constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads}
     params = ", ".join(f"{k}={v!r}" for k, v in pattern.params)
     lines = [f'"""FlexAttention mods of attnlang pattern {pattern.name}({params})."""', "", _HEADER]
@@ -194,11 +198,15 @@ def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | No
 
 
 def flex_mods(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None = None,
-              heads: int | None = None, inputs: dict | None = None):
-    """(mask_mod, score_mod) for FlexAttention, executed from `flex_source`."""
+              heads: int | None = None, inputs: dict | None = None, static_only: bool = False):
+    """(mask_mod, score_mod) for FlexAttention, executed from `flex_source`. A routing pattern's
+    selection depends on the tensors: refused unless `static_only` (its static candidates)."""
     import torch
+    if not static_only:
+        refuse_mods(pattern)
     namespace: dict = {}
-    exec(compile(flex_source(pattern, seq_q, seq_k, heads), f"<attnlang:{pattern.name}>", "exec"), namespace)
+    source = flex_source(pattern, seq_q, seq_k, heads, static_only=True)
+    exec(compile(source, f"<attnlang:{pattern.name}>", "exec"), namespace)
     for name in pattern.inputs:
         if inputs is None or name not in inputs:
             raise AttnlangError(f"pattern '{pattern.name}' needs input '{name}' for its mask_mod")

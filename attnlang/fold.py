@@ -118,6 +118,8 @@ def _fold_division(node: ir.Binary, op: str, dividend: ir.Expr, d: int, ranges) 
             merged = ir.Binary("%", inner, Const(d, Type.INT), Type.INT, node.span)
             return _fold_division(merged, op, inner, d, ranges)
     terms, constant = _linear_form(dividend)
+    if any(abs(c) >= 2**62 for c in (*terms.values(), constant)):
+        return node  # the evaluators wrap at int64; exact-integer rewriting would not match them
     # c = d * (c - r) / d + r with r nearest zero: any split of c is exact, and a small r
     # keeps `x - y` as it is rather than `x + (d - 1) * y`
     nearest = {atom: (c % d if c % d <= d // 2 else c % d - d) for atom, c in terms.items()}

@@ -8,8 +8,8 @@ tile index `p // B` and offset `p % B`, those as tile and in-tile coordinates pe
 and those as the grid coordinate the pattern reads, so `q % W` becomes `(p // B % n) * 16 +
 p % B % 16` — exact for interval bounds on a tile, where a flat index would not be. Analysis,
 simulator, kernels and export then run unchanged on the permuted pattern. Axes that a tile
-does not divide are padded; padding tokens are masked out (`valid`), and the kernel's
-permutation fills them with zeros and drops them again.
+does not divide are padded; padding tokens are masked out (`valid`): the kernel's
+permutation fills them with a copy of token 0 that the mask never reads, and drops them again.
 """
 
 from __future__ import annotations
@@ -256,6 +256,38 @@ def _residue_moduli(pattern: ir.PatternIR) -> list[int]:
     return found
 
 
+def _checked_lengths(layout: Layout, seq_q: int, seq_k: int) -> Layout:
+    """A `Layout` is made for given lengths: used at others it would permute the wrong tokens."""
+    for side, tiling, length in (("query", layout.q, seq_q), ("key", layout.k, seq_k)):
+        if tiling is not None and tiling.length != length:
+            raise AttnlangError(f"layout {layout} was made for {tiling.length} {side} tokens, not {length}: make it "
+                                f"for these lengths (a spec such as '{layout.name}' is made per length)")
+    return layout
+
+
+def check_spec(spec, pattern: ir.PatternIR) -> None:
+    """What can be checked of a layout spec before lengths are known (at `compile`)."""
+    if isinstance(spec, Layout) or (isinstance(spec, str) and spec.strip().lower() in ("auto", "row-major")):
+        return
+    if not isinstance(spec, str):
+        raise AttnlangError(f"layout must be 'auto', 'row-major', a tile shape such as '16x8', or 'residues D'; "
+                            f"got {spec!r}")
+    if pattern.inputs or pattern.route is not None:
+        what = f"reads runtime inputs ({', '.join(pattern.inputs)})" if pattern.inputs else "routes by content"
+        raise AttnlangError(f"pattern '{pattern.name}' {what}: layouts do not reorder those; use layout='row-major'")
+    parse_layout(spec, pattern, 1 << 12, 1 << 12, *_spec_blocks(spec), heads=1)
+
+
+def _spec_blocks(spec: str) -> tuple[int, int]:
+    """The blocks a shape spec implies (so its syntax and axes can be checked without a block)."""
+    shapes = spec.strip().lower().split("/")
+    try:
+        sizes = [math.prod(int(part) for part in shape.split("x")) for shape in shapes]
+    except ValueError:
+        return 128, 128
+    return sizes[0], sizes[-1]
+
+
 def has_candidates(pattern: ir.PatternIR) -> bool:
     """Whether any layout besides row-major can apply: a grid of two or more axes, or a `% d`
     of q and k, and no runtime inputs or routing."""
@@ -321,7 +353,7 @@ def parse_layout(spec, pattern: ir.PatternIR, seq_q: int, seq_k: int, block_q: i
     """A `Layout` from "row-major", a tile shape "16x8" (or "16x8/8x8": query/key), or
     "residues D"; a Layout passes through."""
     if isinstance(spec, Layout):
-        return spec
+        return _checked_lengths(spec, seq_q, seq_k)
     if not isinstance(spec, str):
         raise AttnlangError(f"layout must be 'auto', 'row-major', a tile shape such as '16x8', or 'residues D'; "
                             f"got {spec!r}")
@@ -342,6 +374,8 @@ def parse_layout(spec, pattern: ir.PatternIR, seq_q: int, seq_k: int, block_q: i
         raise AttnlangError(f"layout '{spec}' is not 'auto', 'row-major', a tile shape such as '16x8' "
                             "(or '16x8/8x8' for query/key tiles), or 'residues D'")
     q_tile, k_tile = tiles[0], tiles[-1]
+    if len(tiles) == 1 and math.prod(q_tile) == block_q != block_k:  # one shape: key tiles nested in it
+        k_tile = (_key_shapes(q_tile, block_k) or [k_tile])[0]
     for name, tile, block in (("query", q_tile, block_q), ("key", k_tile, block_k)):
         if math.prod(tile) != block:
             raise AttnlangError(f"layout '{spec}': the {name} tile {'x'.join(map(str, tile))} holds "
@@ -371,6 +405,8 @@ class LayoutChoice:
         if not self.times_ms:
             if not self.estimates and self.layout.is_row_major:
                 return "layout row-major: no other order applies (no grid, no `% d` of q and k, or runtime inputs)"
+            if self.layout.is_row_major:
+                return "layout row-major: its visited tiles are all FULL already (sampled rows)"
             return f"layout {self.layout}: as given"
         ranked = sorted(self.times_ms.items(), key=lambda item: sum(item[1]))
         best, (attention, permute) = ranked[0]
@@ -410,6 +446,9 @@ def choose_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, block: tuple[in
     if len(options) == 1:
         return LayoutChoice(ROW_MAJOR, seq_q, block, hw.key, {}, {})
     estimates, scores = {}, {}
+    full, partial = sample_rows(pattern, seq_q, seq_k, block, SAMPLED_ROWS)
+    if partial == 0:  # row-major tiles are already all FULL (or EMPTY): no order can do better
+        return LayoutChoice(ROW_MAJOR, seq_q, block, hw.key, {}, {ROW_MAJOR.name: full})
     full_s, partial_s = tile_seconds(pattern, hw, block, head_dim, dtype)
     for layout in options:
         permuted = apply(pattern, layout, seq_q, seq_k)

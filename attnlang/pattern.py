@@ -128,6 +128,7 @@ class Pattern:
         _check_positive("seq_q", seq_q)
         _check_positive("seq_k", seq_k)
         _check_positive("heads", heads)
+        self._check_laid_out_lengths(seq_q, seq_k)
         checked = reference.check_inputs(self.ir, self.inputs_or_defaults(inputs), max(seq_q, seq_k), batch)
         static = reference.mask_block(self.ir, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                       checked, batch=batch)
@@ -143,6 +144,16 @@ class Pattern:
         return routed[0].cpu().numpy()
 
     # -- layouts ------------------------------------------------------------------------
+
+    def _check_laid_out_lengths(self, seq_q: int, seq_k: int) -> None:
+        """A laid-out pattern reads positions of its own order, at its layout's lengths only."""
+        if self.layout.is_row_major:
+            return
+        padded = self.layout.lengths(*self.layout_lengths)
+        if (seq_q, seq_k) != padded:
+            raise AttnlangError(f"pattern '{self.name}' is laid out ({self.layout}) for {self.layout_lengths[0]} x "
+                                f"{self.layout_lengths[1]} tokens: its positions are {padded[0]} x {padded[1]} in the "
+                                f"layout's order, not {seq_q} x {seq_k}")
 
     def with_layout(self, layout, seq_q: int, seq_k: int | None = None, block=(128, 64), *, heads: int = 16,
                     hardware="h100") -> "Pattern":
@@ -199,6 +210,7 @@ class Pattern:
             block_map.layout, block_map.layout_choice = choice.layout, choice
             block_map.layout_lengths = (seq_q, seq_k)
             return block_map
+        self._check_laid_out_lengths(seq_q, seq_k)
         block_map = analyze_blocks(self.ir, seq_q, seq_k, heads, block, self.inputs_or_defaults(inputs), batch)
         block_map.layout, block_map.layout_choice = self.layout, choice
         block_map.layout_lengths = self.layout_lengths  # a laid-out pattern's map is of permuted tokens
@@ -210,6 +222,8 @@ class Pattern:
         block map's pair counts at `fit_lengths` (averaged over `heads` for per-head masks)."""
         from .checker import lower_pattern
         from .complexity import Complexity, NotDerivable, big_o, derive_pairs, fitted_exponent
+        if not self.layout.is_row_major:  # pairs do not depend on the order: count them as written
+            return Pattern(self.decl, self.module, self._params).complexity(fit_lengths, heads)
         if self.is_routed:
             r = self.ir.route
             return Complexity(self.label, "bound", f"O(n*{r.top}*{r.block}) + kept pairs",
@@ -266,6 +280,8 @@ class Pattern:
             choice = choose_block(self, tune_seq, heads or 16, head_dim or 128, names.get(dtype, "bf16"), hardware,
                                   layout=joint)
             block = choice.block
+        from .layout import check_spec
+        check_spec(layout, self.ir)
         if self._layout_applies(layout):
             kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware)
             kernel.block_choice = choice
@@ -289,19 +305,20 @@ class Pattern:
         return True
 
     def flex_mods(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None,
-                  inputs=None):
+                  inputs=None, *, static_only: bool = False):
         """`(mask_mod, score_mod)` for FlexAttention, printed from the IR as torch code.
 
         Patterns that read `n_q`, `n_k` or `heads` need those values; patterns with inputs
         need them as int arrays or tensors. `flex_source` shows the code.
         """
         from .export import flex_mods
-        return flex_mods(self.ir, seq_q, seq_k, heads, self.inputs_or_defaults(inputs))
+        return flex_mods(self.ir, seq_q, seq_k, heads, self.inputs_or_defaults(inputs), static_only)
 
-    def flex_source(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None) -> str:
+    def flex_source(self, seq_q: int | None = None, seq_k: int | None = None, heads: int | None = None, *,
+                    static_only: bool = False) -> str:
         """The Python source of `flex_mods`: a readable module with `mask_mod` and `score_mod`."""
         from .export import flex_source
-        return flex_source(self.ir, seq_q, seq_k, heads)
+        return flex_source(self.ir, seq_q, seq_k, heads, static_only)
 
     def reference_attention(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
         """Dense softmax attention with this pattern's mask, bias and score (the oracle).

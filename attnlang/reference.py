@@ -310,26 +310,20 @@ def routed_mask(route: ir.RouteIR, static, keep, q, k):
     For each (batch, head, query block), the candidates are the key blocks holding at
     least one pair that the static mask allows and `keep` does not already allow; the
     `top` candidates with the highest pooled-query · pooled-key score are selected (ties
-    go to the lower block index). `static`, `keep`: bool tensors `(B, H, Nq, Nk)`.
+    go to the lower block index; `attnlang.routing.select_blocks`). `static`, `keep`: bool
+    tensors `(B, H, Nq, Nk)`.
     """
     import torch
+
+    from .routing import select_blocks
     block = route.block
     batch, heads, seq_q, seq_k = static.shape
-    pooled_q = _pool_blocks(q.detach().double(), block)
-    pooled_k = _pool_blocks(k.detach().double(), block)
-    if pooled_k.shape[1] != heads:  # grouped-query attention: share the key heads
-        pooled_k = pooled_k.repeat_interleave(heads // pooled_k.shape[1], dim=1)
-    scores = pooled_q @ pooled_k.transpose(-1, -2)
-    nqb, nkb = scores.shape[-2:]
+    nqb, nkb = -(-seq_q // block), -(-seq_k // block)
     open_pairs = static & ~keep
     padded = torch.zeros(batch, heads, nqb * block, nkb * block, dtype=torch.bool, device=static.device)
     padded[:, :, :seq_q, :seq_k] = open_pairs
     candidates = padded.view(batch, heads, nqb, block, nkb, block).any(5).any(3)
-    scores = scores.masked_fill(~candidates, -math.inf)
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :route.top]
-    selected = torch.zeros_like(candidates)
-    selected.scatter_(-1, order, True)
-    selected &= candidates
+    selected = select_blocks(route, candidates, q, k)
     token_level = selected.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :seq_q, :seq_k]
     return static & (token_level | keep)
 

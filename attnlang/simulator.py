@@ -288,7 +288,7 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
              dtype: str = "bf16", batch: int = 1, hardware="h100", backward: bool = False,
              block=(128, 64), seq_k: int | None = None, inputs=None, placement: str = "greedy",
              compute_only: bool = False, partial_as_full: bool = False, costs="model",
-             layout="row-major") -> SimResult:
+             layout="auto") -> SimResult:
     """Predicted time of attnlang's kernel for a pattern (or a block map) on a GPU.
 
     `costs` prices a tile's non-MMA work: "model" weighs the IR's operations (fast, no
@@ -301,15 +301,17 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     `compute_only` and `partial_as_full`, only tensor-core work is priced and partial tiles
     cost like full ones; with `placement="fluid"` too, speedup equals the upper bound.
 
-    `layout` ("row-major", "auto", a tile shape such as "16x8", "residues D"; see
-    `Pattern.with_layout`) prices the kernel on reordered tokens plus the permutation's copies
+    `layout` ("auto" — what `Pattern.compile` does —, "row-major", a tile shape such as "16x8",
+    "residues D"; see `Pattern.with_layout`) prices the kernel on reordered tokens plus the permutation's copies
     (`breakdown["permutation"]`); speedup stays against the dense kernel on the original
-    lengths. A block map passed in carries its own layout.
+    lengths. A block map passed in carries its own layout. A routing pattern is priced at its
+    routed bound (`attnlang.routing.routed_kinds`) plus its selection stage
+    (`breakdown["selection"]`), never as its static candidates.
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_BYTES:
         raise AttnlangError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
-    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs, layout, hw)
+    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs, layout, hw, head_dim, dtype)
     pattern = block_map.pattern
     bm, bn = block_map.block_q, block_map.block_k
     seq, seq_k = block_map.seq_q, block_map.seq_k
@@ -344,26 +346,35 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
             parts["imbalance"] += float(makespan - durations.sum() * hw.efficiency["programs_per_sm"] / slots)
         return total, parts
 
-    time, breakdown = run(block_map.kinds)
+    kinds, selection = block_map.kinds, 0.0
+    if pattern.route is not None:  # routing visits at most its bound, after a selection stage of its own
+        from .routing import routed_kinds, selection_seconds
+        kinds = routed_kinds(block_map)
+        if not compute_only:
+            selection = selection_seconds(hw, pattern.route, seq, seq_k, batch, heads, head_dim, dtype)
+    time, breakdown = run(kinds)
+    breakdown["selection"] = selection
+    time += selection
     laid_out = block_map.layout is not None and not block_map.layout.is_row_major
     original = block_map.layout_lengths if laid_out else (seq, seq_k)
     dense = np.full((1, -(-original[0] // bm), -(-original[1] // bn)), FULL, dtype=np.int8)
     dense_time, _ = run(dense)
     breakdown["permutation"] = 0.0
-    if laid_out:
+    if laid_out and not compute_only:
         from .layout import permutation_ms
         breakdown["permutation"] = permutation_ms(block_map.layout, hw, *original, batch, heads, head_dim, dtype,
                                                   backward) * 1e-3
         time += breakdown["permutation"]
+    if laid_out:
         seq, seq_k = original
-    visited = float((block_map.kinds != 0).sum()) * heads / block_map.kinds.shape[0]
+    visited = float((kinds != 0).sum()) * heads / kinds.shape[0]
     flops_per_tile = (4.0 + (14.0 if backward else 0.0)) * bm * bn * head_dim
     peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12
     return SimResult(
         pattern=_label(pattern), hardware=hw.key, seq=seq, seq_k=seq_k, batch=batch, heads=heads,
         head_dim=head_dim, dtype=dtype, backward=backward, block=(bm, bn), time_ms=time * 1e3,
         dense_time_ms=dense_time * 1e3, speedup=dense_time / time if time else float("inf"),
-        upper_bound=block_map.kinds.size / max(float((block_map.kinds != 0).sum()), 1.0),
+        upper_bound=dense.size * kinds.shape[0] / max(float((kinds != 0).sum()), 1.0),  # per map head
         utilization=visited * batch * flops_per_tile / (time * peak) if time else 0.0,
         tile_density=block_map.tile_density, programs=int(block_map.kinds.shape[1] * batch * heads), slots=slots,
         breakdown={k: v * 1e3 for k, v in breakdown.items()},
@@ -481,13 +492,21 @@ def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -
     return np.tile(per_head.ravel(), batch)
 
 
-def _block_map(source, seq, seq_k, heads, block, inputs, layout="row-major", hw=None) -> BlockMap:
+def _block_map(source, seq, seq_k, heads, block, inputs, layout="row-major", hw=None, head_dim=128,
+               dtype="bf16") -> BlockMap:
     if isinstance(source, BlockMap):
         return source
     if seq is None:
         raise AttnlangError("simulate needs seq= (the sequence length) for a pattern")
     seq_k = seq if seq_k is None else seq_k
+    choice = None
+    if (isinstance(layout, str) and layout.strip().lower() == "auto" and source.layout.is_row_major
+            and not source.inputs):  # chosen for this head dim and dtype, as compile would
+        choice = source.choose_layout("auto", seq, seq_k, block, heads=heads, head_dim=head_dim, dtype=dtype,
+                                      hardware=hw or "h100")
+        layout = choice.layout
     block_map = source.analyze(seq, seq_k, heads, block, inputs, layout=layout, hardware=hw or "h100")
+    block_map.layout_choice = choice or block_map.layout_choice
     if block_map.layout is not None and not block_map.layout.is_row_major:
         block_map.layout_lengths = (seq, seq_k)
     return block_map

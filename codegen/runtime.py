@@ -348,6 +348,8 @@ class LayoutKernel:
         """`x` (B, H, N, D) in row-major order -> (B, H, N', D) in the layout's order (`side`:
         "q" for queries, "k" for keys and values; `seq_other`: the other side's length,
         default N)."""
+        if side not in ("q", "k"):
+            raise AttnlangError(f"permute: side must be 'q' (queries) or 'k' (keys and values), got {side!r}")
         length = x.shape[2]
         lengths = (length, seq_other or length) if side == "q" else (seq_other or length, length)
         gather = self._entry(*lengths)[2][side][0]
@@ -355,17 +357,25 @@ class LayoutKernel:
 
     def unpermute(self, y, seq: int | None = None, seq_k: int | None = None):
         """`y` (B, H, N', D) in the layout's order (a query-side output) -> (B, H, N, D)."""
-        entry = self._find(y.shape[2], seq, seq_k)
+        entry = self._find(y.shape[2], None, seq, seq_k)
         inverse = entry[2]["q"][1]
         return y if inverse is None else y.index_select(2, inverse.to(y.device))
 
-    def _find(self, padded_q: int, seq: int | None, seq_k: int | None):
+    def _find(self, padded_q: int, padded_k: int | None, seq: int | None, seq_k: int | None):
+        """The entry whose layout has these permuted lengths (`padded_k` None: any key length)."""
         if seq is not None:
-            return self._entry(seq, seq if seq_k is None else seq_k)
-        matches = [e for (n_q, n_k), e in self._per_length.items() if e[0].layout.lengths(n_q, n_k)[0] == padded_q]
+            entry = self._entry(seq, seq if seq_k is None else seq_k)
+            matches = [entry]
+        else:
+            matches = list(self._per_length.values())
+        matches = [e for (n_q, n_k), e in zip(self._per_length, self._per_length.values()) if e in matches
+                   and e[0].layout.lengths(n_q, n_k)[0] == padded_q
+                   and (padded_k is None or e[0].layout.lengths(n_q, n_k)[1] == padded_k)]
         if len(matches) != 1:
-            raise AttnlangError(f"no single layout of this kernel has {padded_q} query positions; pass seq= (the "
-                                "row-major length), or permute with kernel.permute(x) first")
+            keys = "" if padded_k is None else f" and {padded_k} key positions"
+            raise AttnlangError(f"no single layout of this kernel has {padded_q} query positions{keys}; pass seq= "
+                                "and seq_k= (the row-major lengths), or permute with kernel.permute(x, side, "
+                                "seq_other) first")
         return matches[0]
 
     # -- running ------------------------------------------------------------------------
@@ -373,9 +383,10 @@ class LayoutKernel:
     def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False, permuted: bool = False,
                  seq: int | None = None, seq_k: int | None = None):
         if inputs:
-            raise AttnlangError(f"pattern '{self.pattern.name}' has no runtime inputs; a layout kernel takes none")
+            raise AttnlangError(f"pattern '{self.pattern.name}': a layout kernel takes no runtime inputs (layouts do "
+                                "not reorder them); compile with layout='row-major'")
         if permuted:
-            entry = self._find(q.shape[2], seq, seq_k)
+            entry = self._find(q.shape[2], k.shape[2], seq, seq_k)
             return entry[1](q, k, v, scale=scale, return_lse=return_lse)
         choice, kernel, orders = self._entry(q.shape[2], k.shape[2])
         if choice.layout.is_row_major:

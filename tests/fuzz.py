@@ -1558,8 +1558,10 @@ def check_kernel(case: Case) -> dict:
     def run_kernel():
         return kernel(q, k, v, inputs=inputs, return_lse=True)
 
-    def run_standalone():
-        module = load_module(kernel.standalone_source(), f"fuzz_{pattern.slug[:40]}", interpret=True)
+    def run_standalone():  # the module `attnlang compile -o` writes: row-major tokens
+        row_major = pattern.compile(heads=case.heads, head_dim=16, heads_kv=heads_kv, block=case.block,
+                                    layout="row-major")
+        module = load_module(row_major.standalone_source(), f"fuzz_{pattern.slug[:40]}", interpret=True)
         return module.attention(q, k, v, inputs=tensors, return_lse=True)
 
     for consumer, run in (("kernel (analysis tables)", run_kernel),

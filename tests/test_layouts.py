@@ -138,18 +138,21 @@ def test_patterns_without_a_grid_or_residues_keep_row_major(lib):
 
 def test_a_simulated_layout_counts_its_permutation(lib):
     pattern = lib["neighborhood2d"].bind(height=256, width=256, kernel=13)
-    row_major = attnlang.simulate(pattern, seq=65536, backward=True)
+    row_major = attnlang.simulate(pattern, seq=65536, backward=True, layout="row-major")
     laid_out = attnlang.simulate(pattern, seq=65536, backward=True, layout="16x8/8x8")
     assert laid_out.breakdown["permutation"] > 0 and row_major.breakdown["permutation"] == 0
     assert laid_out.time_ms == pytest.approx(sum(laid_out.breakdown.values()))
     assert laid_out.dense_time_ms == row_major.dense_time_ms  # against the same dense kernel
     assert laid_out.time_ms < row_major.time_ms
+    chosen = attnlang.simulate(pattern, seq=65536, backward=True)  # the default is what compile does: auto
+    assert chosen.time_ms <= laid_out.time_ms and chosen.breakdown["permutation"] > 0
 
 
 @pytest.mark.parametrize("spec, message", [
     ("17x8", "holds 136 tokens, but query tiles are 128"),
     ("16x8x1/8x8x1", "one positive size per grid axis"),
-    ("16x8x1", "the key tile 16x8x1 holds 128 tokens, but key tiles are 64"),
+    ("16x8x1", "one positive size per grid axis"),
+    ("16x8/8x4", "the key tile 8x4 holds 32 tokens, but key tiles are 64"),
     ("banana", "is not 'auto', 'row-major', a tile shape"),
     ("residues 1", "'residues D' with an int D >= 2"),
     (3, "layout must be"),
@@ -157,6 +160,35 @@ def test_a_simulated_layout_counts_its_permutation(lib):
 def test_bad_layouts_are_clear_errors(lib, spec, message):
     with pytest.raises(AttnlangError, match=message):
         lib["neighborhood2d"].analyze(4096, block=(128, 64), layout=spec)
+
+
+def test_one_shape_nests_the_key_tiles_in_it(lib):
+    layout = lib["neighborhood2d"].choose_layout("16x8", 4096, block=(128, 64)).layout
+    assert layout.name == "16x8/8x8" and (layout.q.tile, layout.k.tile) == ((16, 8), (8, 8))
+
+
+def test_a_layout_is_used_at_the_lengths_it_was_made_for(lib):
+    pattern = lib["neighborhood2d"].bind(height=6, width=7, kernel=3)
+    layout = pattern.choose_layout("4x4", 42, 42, 16).layout
+    with pytest.raises(AttnlangError, match="made for 42 query tokens, not 30"):
+        pattern.analyze(30, block=16, layout=layout)
+    laid_out = pattern.with_layout(layout, 42, block=16)
+    with pytest.raises(AttnlangError, match="its positions are 64 x 64 in the layout's order, not 42 x 42"):
+        laid_out.reference_mask(42, 42)
+    with pytest.raises(AttnlangError, match="not 42 x 42"):
+        laid_out.analyze(42, block=16)
+    assert str(laid_out.complexity().big_o) == str(pattern.complexity().big_o)  # pairs do not depend on order
+
+
+@pytest.mark.parametrize("name, spec, message", [
+    ("neighborhood2d", "bogus", "is not 'auto', 'row-major', a tile shape"),
+    ("causal", "16x8", "has no grid"),
+    ("document", "residues 2", "reads runtime inputs .doc.: layouts do not reorder those"),
+    ("neighborhood2d", None, "layout must be"),
+])
+def test_compile_checks_the_layout_before_any_length(lib, name, spec, message):
+    with pytest.raises(AttnlangError, match=message):
+        lib[name].compile(block=16, layout=spec)
 
 
 def test_a_tile_layout_needs_a_grid(lib):
@@ -209,6 +241,22 @@ def test_layout_kernels_equal_the_row_major_reference(lib, name, params, seq, sp
     permuted = kernel(kernel.permute(q.detach()), kernel.permute(k.detach(), "k"), kernel.permute(v.detach(), "k"),
                       permuted=True)
     torch.testing.assert_close(kernel.unpermute(permuted), ref.detach(), atol=2e-5, rtol=1e-4)
+
+
+@needs_interpreter
+def test_cross_attention_in_the_permuted_order_checks_both_lengths(lib):
+    pattern = lib["neighborhood2d"].bind(height=5, width=6, kernel=3)
+    kernel = pattern.compile(block=16, layout="4x4")
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 1, 30, 8), torch.randn(1, 1, 20, 8), torch.randn(1, 1, 20, 8)
+    with pytest.raises(AttnlangError, match="side must be 'q' .* or 'k'"):
+        kernel.permute(v, "v")
+    kernel.permute(k, "k")  # a layout for 20 x 20 only: the 30-query call must not pair with it
+    with pytest.raises(AttnlangError, match="no single layout of this kernel has"):
+        kernel(kernel.permute(q), kernel.permute(k, "k"), kernel.permute(v, "k"), permuted=True)
+    permuted = [kernel.permute(q, "q", 20), kernel.permute(k, "k", 30), kernel.permute(v, "k", 30)]
+    out = kernel.unpermute(kernel(*permuted, permuted=True, seq=30, seq_k=20), seq=30, seq_k=20)
+    torch.testing.assert_close(out, pattern.reference_attention(q, k, v), atol=2e-5, rtol=1e-4)
 
 
 @needs_interpreter

@@ -1,0 +1,95 @@
+"""Routing is never silently static: export refuses or routes, analysis reports the routed bound,
+the simulator prices the bound plus the selection stage."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.nn.attention.flex_attention import flex_attention
+
+import attnlang
+from attnlang import AttnlangError
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return attnlang.stdlib()
+
+
+@pytest.mark.parametrize("export", [
+    lambda p: p.flex_mods(64, 64),
+    lambda p: p.flex_source(64, 64),
+    lambda p: p.analyze(64, block=16).to_flex(),
+])
+def test_mods_alone_refuse_routing_instead_of_exporting_the_static_mask(lib, export):
+    with pytest.raises(AttnlangError, match=r"routes by content .*to_flex\(q=q, k=k\)"):
+        export(lib["moba"].bind(block=16, top=1))
+
+
+def test_the_static_candidates_are_exported_when_asked(lib):
+    pattern = lib["moba"].bind(block=16, top=1)
+    mask_mod, _ = pattern.flex_mods(64, 64, static_only=True)
+    assert bool(mask_mod(0, 0, torch.tensor(5), torch.tensor(3)))  # causal: q >= k
+    assert pattern.analyze(64, block=16).to_flex(static_only=True).shape == (1, 1, 64, 64)
+
+
+def flex(q, k, v, block_mask):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # eager flex_attention on CPU
+        return flex_attention(q, k, v, block_mask=block_mask)
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(["moba", "biformer"]), top=st.integers(1, 3), route_block=st.sampled_from([8, 16, 32]),
+       tile=st.sampled_from([16, 32]), seq=st.integers(20, 150), heads_kv=st.sampled_from([1, 2]),
+       seed=st.integers(0, 1000))
+def test_a_routed_block_mask_from_the_tensors_equals_the_routed_reference(lib, name, top, route_block, tile, seq,
+                                                                           heads_kv, seed):
+    params = {"block": route_block, "top": top} if name == "moba" else {"region_size": int(route_block ** 0.5),
+                                                                        "top": top}
+    pattern = lib[name].bind(**params)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 2, seq, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, heads_kv, seq, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    block_mask = pattern.analyze(seq, heads=2, block=tile).to_flex(q=q, k=k)
+    kv = (k.repeat_interleave(2 // heads_kv, 1), v.repeat_interleave(2 // heads_kv, 1))
+    expected = pattern.reference_attention(q, k, v)
+    torch.testing.assert_close(flex(q, *kv, block_mask), expected, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(top=st.integers(1, 3), route_block=st.sampled_from([8, 16, 32]), tile=st.sampled_from([8, 16, 32]),
+       seq=st.integers(20, 200), seed=st.integers(0, 1000))
+def test_the_routed_bound_holds_for_every_selection(lib, top, route_block, tile, seq, seed):
+    pattern = lib["moba"].bind(block=route_block, top=top)
+    block_map = pattern.analyze(seq, heads=2, block=tile)
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, 2, seq, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    routed = pattern.reference_mask(seq, seq, heads=2, q=q, k=k)
+    rows = -(-seq // tile)
+    padded = np.zeros((2, rows * tile, rows * tile), dtype=bool)
+    padded[:, :seq, :seq] = routed
+    visited = padded.reshape(2, rows, tile, rows, tile).any(axis=(2, 4)).sum(-1)
+    from attnlang.routing import routed_rows
+    bound = routed_rows(block_map)
+    assert (visited <= bound).all()
+    assert block_map.routed_tiles() <= block_map.counts["full"] + block_map.counts["partial"]
+
+
+def test_the_simulator_prices_the_routed_bound_and_the_selection(lib):
+    moba, causal = lib["moba"], lib["causal"]  # moba's static candidates are causal's
+    routed = attnlang.simulate(moba, seq=16384)
+    static = attnlang.simulate(causal, seq=16384)
+    assert routed.breakdown["selection"] > 0 and static.breakdown["selection"] == 0
+    assert routed.time_ms == pytest.approx(sum(routed.breakdown.values()))
+    assert routed.speedup > 2 * static.speedup  # 3 blocks of 512 and its own, not half the matrix
+    block_map = moba.analyze(16384, block=(128, 64))
+    assert routed.upper_bound == pytest.approx(block_map.kinds.size / block_map.routed_tiles())
+
+
+def test_analyze_says_the_counts_are_the_static_candidates(capsys):
+    from attnlang.cli import main
+    assert main(["analyze", "stdlib", "moba", "--seq", "4096"]) == 0
+    assert "routing picks 3 blocks of 512 per query block" in capsys.readouterr().out
