@@ -51,7 +51,7 @@ def measure(label, name, params, seq, target) -> dict:
     start = time.perf_counter()
     again = pattern.analyze(seq, block=TARGET_BLOCK, layout=chosen.layout)
     chosen_s = time.perf_counter() - start
-    base = simulate(pattern, seq=seq, heads=HEADS, backward=True, block=KERNEL_BLOCK)
+    base = simulate(pattern, seq=seq, heads=HEADS, backward=True, block=KERNEL_BLOCK, layout="row-major")
     laid_out = simulate(pattern, seq=seq, heads=HEADS, backward=True, block=KERNEL_BLOCK, layout="auto")
     permutation = laid_out.breakdown["permutation"]
     row = {
