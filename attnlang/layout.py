@@ -434,8 +434,10 @@ def permutation_ms(layout: Layout, hw, seq_q: int, seq_k: int, batch: int, heads
 
 
 def choose_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, block: tuple[int, int], heads: int = 16,
-                  head_dim: int = 128, dtype: str = "bf16", hardware="h100", batch: int = 1) -> LayoutChoice:
-    """The layout with the lowest simulated forward + backward time, permutation included:
+                  head_dim: int = 128, dtype: str = "bf16", hardware="h100", batch: int = 1,
+                  backward: bool = True) -> LayoutChoice:
+    """The layout with the lowest simulated forward + backward time (forward alone with
+    `backward=False`), permutation included:
     every candidate ranked by a sampled block map (visited tiles of SAMPLED_ROWS query-tile
     rows, priced as the simulator prices FULL and PARTIAL tiles), the best FINALISTS and
     row-major analyzed whole and simulated."""
@@ -449,7 +451,7 @@ def choose_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, block: tuple[in
     full, partial = sample_rows(pattern, seq_q, seq_k, block, SAMPLED_ROWS)
     if partial == 0:  # row-major tiles are already all FULL (or EMPTY): no order can do better
         return LayoutChoice(ROW_MAJOR, seq_q, block, hw.key, {}, {ROW_MAJOR.name: full})
-    full_s, partial_s = tile_seconds(pattern, hw, block, head_dim, dtype)
+    full_s, partial_s = tile_seconds(pattern, hw, block, head_dim, dtype, backward)
     for layout in options:
         permuted = apply(pattern, layout, seq_q, seq_k)
         padded_q, padded_k = layout.lengths(seq_q, seq_k)
@@ -457,7 +459,7 @@ def choose_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, block: tuple[in
         estimates[layout.name] = full + partial
         rows = -(-padded_q // block[0]) * batch * heads
         scores[layout.name] = (rows * (full * full_s + partial * partial_s) * 1e3 / hw.sms
-                               + permutation_ms(layout, hw, seq_q, seq_k, batch, heads, head_dim, dtype))
+                               + permutation_ms(layout, hw, seq_q, seq_k, batch, heads, head_dim, dtype, backward))
     ranked = sorted(options[1:], key=lambda layout: scores[layout.name])
     finalists = [ROW_MAJOR] + ranked[:FINALISTS]
     times = {}
@@ -465,7 +467,8 @@ def choose_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, block: tuple[in
         padded_q, padded_k = layout.lengths(seq_q, seq_k)
         block_map = analyze_blocks(apply(pattern, layout, seq_q, seq_k), padded_q, padded_k, heads, block)
         attention = simulate(block_map, heads=heads, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hw,
-                             backward=True).time_ms
-        times[layout.name] = (attention, permutation_ms(layout, hw, seq_q, seq_k, batch, heads, head_dim, dtype))
+                             backward=backward).time_ms
+        times[layout.name] = (attention, permutation_ms(layout, hw, seq_q, seq_k, batch, heads, head_dim, dtype,
+                                                        backward))
     best = min(finalists, key=lambda layout: sum(times[layout.name]))
     return LayoutChoice(best, seq_q, block, hw.key, times, estimates)

@@ -175,7 +175,7 @@ class Pattern:
         return laid_out
 
     def choose_layout(self, layout, seq_q: int, seq_k: int | None = None, block=(128, 64), *, heads: int = 16,
-                      head_dim: int = 128, dtype: str = "bf16", hardware="h100"):
+                      head_dim: int = 128, dtype: str = "bf16", hardware="h100", backward: bool = True):
         """A `LayoutChoice`: for "auto", the simulated choice (`choice.reason` says why); for any
         other spec, that layout."""
         from .analysis import _tile_shape
@@ -183,7 +183,7 @@ class Pattern:
         seq_k = seq_q if seq_k is None else seq_k
         block = _tile_shape(block)
         if isinstance(layout, str) and layout.strip().lower() == "auto":
-            return choose_layout(self.ir, seq_q, seq_k, block, heads, head_dim, dtype, hardware)
+            return choose_layout(self.ir, seq_q, seq_k, block, heads, head_dim, dtype, hardware, backward=backward)
         chosen = parse_layout(layout, self.ir, seq_q, seq_k, *block, heads=heads)
         return LayoutChoice(chosen, seq_q, block, str(hardware), {}, {})
 

@@ -311,7 +311,8 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_BYTES:
         raise AttnlangError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
-    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs, layout, hw, head_dim, dtype)
+    block_map = _block_map(pattern_or_blockmap, seq, seq_k, heads, block, inputs, layout, hw, head_dim, dtype,
+                           backward)
     pattern = block_map.pattern
     bm, bn = block_map.block_q, block_map.block_k
     seq, seq_k = block_map.seq_q, block_map.seq_k
@@ -493,7 +494,7 @@ def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -
 
 
 def _block_map(source, seq, seq_k, heads, block, inputs, layout="row-major", hw=None, head_dim=128,
-               dtype="bf16") -> BlockMap:
+               dtype="bf16", backward=True) -> BlockMap:
     if isinstance(source, BlockMap):
         return source
     if seq is None:
@@ -503,7 +504,7 @@ def _block_map(source, seq, seq_k, heads, block, inputs, layout="row-major", hw=
     if (isinstance(layout, str) and layout.strip().lower() == "auto" and source.layout.is_row_major
             and not source.inputs):  # chosen for this head dim and dtype, as compile would
         choice = source.choose_layout("auto", seq, seq_k, block, heads=heads, head_dim=head_dim, dtype=dtype,
-                                      hardware=hw or "h100")
+                                      hardware=hw or "h100", backward=backward)
         layout = choice.layout
     block_map = source.analyze(seq, seq_k, heads, block, inputs, layout=layout, hardware=hw or "h100")
     block_map.layout_choice = choice or block_map.layout_choice
