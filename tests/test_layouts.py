@@ -270,15 +270,10 @@ def test_auto_is_the_default_for_grid_patterns_and_explains_itself(lib):
 
 @needs_interpreter
 def test_a_compiled_model_with_a_layout_trains_to_the_reference_losses(lib):
-    from tests.test_torch_op import TinyAttention, train
+    from tests.test_torch_op import compiled_and_reference, train
     pattern = lib["neighborhood2d"].bind(height=6, width=6, kernel=3)
     kernel = pattern.compile(block=16, layout="2x8")
-    torch.manual_seed(1)
-    model = TinyAttention(kernel)
-    reference = TinyAttention(lambda q, k, v: pattern.reference_attention(q, k, v))
-    reference.load_state_dict(model.state_dict())
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled, reference = compiled_and_reference(pattern, kernel)
     with pytest.raises(Exception, match=r"kernel.layout_for\(36, 36\)"):  # chosen outside the graph
         compiled(torch.randn(2, 36, 32))
     kernel.layout_for(36)

@@ -49,15 +49,20 @@ def train(model, steps=3, tokens=37, seed=0):
     return losses
 
 
-def test_a_compiled_model_trains_to_the_reference_losses():
-    p = pattern()
-    kernel = p.compile(block=16)
+def compiled_and_reference(p, kernel):
+    """A TinyAttention on `kernel` under torch.compile(fullgraph=True), and one on the reference
+    with the same weights."""
     torch.manual_seed(1)
     model = TinyAttention(kernel)
     reference = TinyAttention(lambda q, k, v: p.reference_attention(q, k, v))
     reference.load_state_dict(model.state_dict())
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    return torch.compile(model, fullgraph=True, backend="aot_eager"), reference
+
+
+def test_a_compiled_model_trains_to_the_reference_losses():
+    p = pattern()
+    compiled, reference = compiled_and_reference(p, p.compile(block=16))
     losses, expected = train(compiled), train(reference)
     assert losses == pytest.approx(expected, rel=1e-4)
 
