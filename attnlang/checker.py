@@ -25,7 +25,9 @@ class PatternScope(Protocol):
 
     def visible_names(self) -> list[str]: ...
 
-ROUTE_POOLS = ("mean",)
+ROUTE_POOLS = ("mean", "max", "minmax", "last")  # a key block's summary (docs/language.md, Routing)
+ROUTE_QPOOLS = ("mean", "max")                    # a query block's score
+ROUTE_SHARES = ("head", "group", "all")           # how many heads one selection serves
 
 
 def lower_pattern(decl: ast.PatternDecl, params: dict, scope: PatternScope,
@@ -78,6 +80,10 @@ class _Let:
 class _Grid:
     axes: dict[str, tuple[ir.Expr, ir.Expr | None]] = field(default_factory=dict)  # divisor, modulus
     sizes: tuple[tuple[str, ir.Expr], ...] = ()  # axis -> size, in declaration order
+
+
+def _suggest(value, choices) -> str:
+    return did_you_mean(value.id, choices) if isinstance(value, ast.Name) else ""
 
 
 class _Lowering:
@@ -196,24 +202,43 @@ class _Lowering:
     def stmt_Route(self, stmt: ast.Route):
         if stmt.func != "topk":
             raise AttnlangError(f"unknown routing '{stmt.func}'{did_you_mean(stmt.func, ['topk'])}; "
-                                "attnlang routes with topk(K, block = B, pool = mean, keep = EXPR)",
+                                "attnlang routes with topk(K, block = B, qblock = 1, pool = mean, qpool = mean, "
+                                "share = head, keep = EXPR)",
                                 stmt.span)
-        bound = self._bind_arguments("topk", ["top", "block", "pool", "keep"], stmt.args, stmt.kwargs,
-                                     stmt.span, required=["top", "block"])
+        bound = self._bind_arguments("topk", ["top", "block", "pool", "keep", "qblock", "qpool", "share"], stmt.args,
+                                     stmt.kwargs, stmt.span, required=["top", "block"])
         top = self._constant_int(bound["top"], "top", minimum=1)
         block = self._constant_int(bound["block"], "block", minimum=1)
-        pool = "mean"
-        if "pool" in bound:
-            pool_ast = bound["pool"]
-            if not isinstance(pool_ast, ast.Name) or pool_ast.id not in ROUTE_POOLS:
-                raise AttnlangError(f"pool must be one of {', '.join(ROUTE_POOLS)}", _span_of(pool_ast))
+        qblock = None
+        if "qblock" in bound:
+            qblock = self._constant_int(bound["qblock"], "qblock", minimum=1)
+            if qblock not in (1, block):
+                raise AttnlangError(f"qblock must be 1 (route every query token) or the block ({block}), got {qblock}",
+                                    _span_of(bound["qblock"]))
+            qblock = None if qblock == block else qblock
+        pool, qpool, share = (self._route_option(bound, name, choices) for name, choices in
+                              (("pool", ROUTE_POOLS), ("qpool", ROUTE_QPOOLS), ("share", ROUTE_SHARES)))
+        if qpool != "mean" and qblock == 1:
+            raise AttnlangError("qpool pools the queries of a block: it needs qblock = block, not 1",
+                                _span_of(bound["qpool"]))
         keep = ir.FALSE
         if "keep" in bound:
             keep = fold_constants(self.expr(bound["keep"]))
             if keep.type is not Type.BOOL:
                 raise AttnlangError(f"keep expects a boolean expression, found {keep.type}",
                                     _span_of(bound["keep"]))
-        self._set_route(ir.RouteIR(top, block, pool, keep, stmt.span), stmt.span)
+        self._set_route(ir.RouteIR(top, block, pool, keep, qblock=qblock, qpool=qpool, share=share, span=stmt.span),
+                        stmt.span)
+
+    @staticmethod
+    def _route_option(bound: dict, name: str, choices: tuple[str, ...]) -> str:
+        if name not in bound:
+            return choices[0]
+        value = bound[name]
+        if not isinstance(value, ast.Name) or value.id not in choices:
+            raise AttnlangError(f"{name} must be one of {', '.join(choices)}{_suggest(value, choices)}",
+                                _span_of(value))
+        return value.id
 
     def _set_route(self, route: ir.RouteIR, span):
         if self.route is not None:

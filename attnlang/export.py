@@ -124,7 +124,14 @@ class TorchPrinter(ir.Visitor):
         return f"{_FUNCTIONS[node.func]}({args})", _ATOM
 
     def visit_Select(self, node: ir.Select):
-        return f"torch.where({self.print(node.cond)}, {self.print(node.then)}, {self.print(node.orelse)})", _ATOM
+        then, orelse = self._branch(node.then), self._branch(node.orelse)
+        return f"torch.where({self.print(node.cond)}, {then}, {orelse})", _ATOM
+
+    def _branch(self, node: ir.Expr) -> str:
+        # two Python-float branches would make a float32 tensor: give constants float64, as the reference
+        if isinstance(node, ir.Const) and node.type is Type.FLOAT:
+            return f"_float({float(node.value)!r})"
+        return self.print(node)
 
 
 def shared_subexpressions(root: ir.Expr) -> list[ir.Expr]:

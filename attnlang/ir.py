@@ -208,13 +208,29 @@ FALSE = Const(False, Type.BOOL)
 
 @dataclass(frozen=True)
 class RouteIR:
-    """`route topk(top, block = B, pool = mean, keep = EXPR)`: content-based block routing."""
+    """`route topk(top, block = B, qblock = B | 1, pool = mean, qpool = mean, share = head,
+    keep = EXPR)`: content-based block routing (docs/language.md, Routing)."""
 
     top: int
     block: int
     pool: str
     keep: Expr
+    qblock: int | None = None  # query granularity: None is `block`; 1 routes every query token
+    qpool: str = "mean"        # a query block's score: its mean query's, or the max over its queries
+    share: str = "head"        # one selection per head, per GQA group, or for all heads
     span: Span | None = _span()
+
+    @property
+    def query_block(self) -> int:
+        return self.block if self.qblock is None else self.qblock
+
+    def options(self) -> str:
+        """The non-default options as source: `, qblock = 1, pool = max`."""
+        parts = [f", qblock = {self.qblock}" if self.qblock is not None else "",
+                 f", pool = {self.pool}" if self.pool != "mean" else "",
+                 f", qpool = {self.qpool}" if self.qpool != "mean" else "",
+                 f", share = {self.share}" if self.share != "head" else ""]
+        return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -255,7 +271,7 @@ class PatternIR:
             lines.append(f"    score {self.logit}")
         if self.route:
             r = self.route
-            lines.append(f"    route topk({r.top}, block = {r.block}, pool = {r.pool}, keep = {r.keep})")
+            lines.append(f"    route topk({r.top}, block = {r.block}{r.options()}, keep = {r.keep})")
         return "\n".join(lines + ["}"]) + "\n"
 
 

@@ -307,24 +307,24 @@ def _pool_blocks(x, block: int):
 def routed_mask(route: ir.RouteIR, static, keep, q, k):
     """The final mask of a routing pattern: static AND (selected blocks OR keep).
 
-    For each (batch, head, query block), the candidates are the key blocks holding at
-    least one pair that the static mask allows and `keep` does not already allow; the
-    `top` candidates with the highest pooled-query · pooled-key score are selected (ties
-    go to the lower block index; `attnlang.routing.select_blocks`). `static`, `keep`: bool
-    tensors `(B, H, Nq, Nk)`.
+    For each (batch, head, query unit: a block of `route.query_block` tokens, or one token),
+    the candidates are the key blocks holding at least one pair that the static mask allows
+    and `keep` does not already allow; the `top` candidates with the highest score are
+    selected (ties go to the lower block index; `attnlang.routing.select_blocks` defines the
+    scores of each `pool`, `qpool` and `share`). `static`, `keep`: bool tensors `(B, H, Nq, Nk)`.
     """
     import torch
 
     from .routing import select_blocks
-    block = route.block
+    block, unit = route.block, route.query_block
     batch, heads, seq_q, seq_k = static.shape
-    nqb, nkb = -(-seq_q // block), -(-seq_k // block)
+    units, nkb = -(-seq_q // unit), -(-seq_k // block)
     open_pairs = static & ~keep
-    padded = torch.zeros(batch, heads, nqb * block, nkb * block, dtype=torch.bool, device=static.device)
+    padded = torch.zeros(batch, heads, units * unit, nkb * block, dtype=torch.bool, device=static.device)
     padded[:, :, :seq_q, :seq_k] = open_pairs
-    candidates = padded.view(batch, heads, nqb, block, nkb, block).any(5).any(3)
+    candidates = padded.view(batch, heads, units, unit, nkb, block).any(5).any(3)
     selected = select_blocks(route, candidates, q, k)
-    token_level = selected.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :seq_q, :seq_k]
+    token_level = selected.repeat_interleave(unit, 2).repeat_interleave(block, 3)[:, :, :seq_q, :seq_k]
     return static & (token_level | keep)
 
 

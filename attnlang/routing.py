@@ -44,57 +44,123 @@ def _static_and_keep(pattern: ir.PatternIR) -> tuple[ir.PatternIR, ir.PatternIR]
 
 def candidate_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int, inputs=None,
                      batch: int = 0) -> np.ndarray:
-    """Bool (H', ceil(seq_q / B), ceil(seq_k / B)): routing blocks holding a candidate pair,
-    from the analysis at the routing block (exact, no N² work)."""
+    """Bool (H', query units, key blocks): routing blocks holding a candidate pair, from the
+    analysis in (query unit, key block) tiles (exact, no N² work)."""
     from .analysis import EMPTY, analyze_blocks
+    import warnings
+
+    from .errors import AttnlangWarning
     open_, _ = _static_and_keep(pattern)
-    block = pattern.route.block
-    with np.errstate(all="ignore"):
-        kinds = analyze_blocks(open_, seq_q, seq_k, heads, block, inputs, batch).kinds
+    route = pattern.route
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttnlangWarning)  # no candidate at all is legal: nothing to route
+        kinds = analyze_blocks(open_, seq_q, seq_k, heads, (route.query_block, route.block), inputs, batch).kinds
     return kinds != EMPTY
 
 
 def select_blocks(route: ir.RouteIR, candidates, q, k):
-    """Bool (B, H, query blocks, key blocks): the top `route.top` candidates per query block by
-    pooled q · pooled k (mean over each block's tokens; GQA key heads shared), ties to the lower
-    block index; fewer candidates than K select them all. `candidates`: bool, broadcastable."""
-    import torch
+    """Bool (B, H, query units, key blocks): per query unit (a block of `route.query_block`
+    tokens, or one token), the `route.top` candidates with the highest score, ties to the lower
+    block index; fewer candidates than K select them all. `candidates`: bool, broadcastable.
 
-    from .reference import _pool_blocks
-    pooled_q = _pool_blocks(q.detach().double(), route.block)
-    pooled_k = _pool_blocks(k.detach().double(), route.block)
-    if pooled_k.shape[1] != pooled_q.shape[1]:
-        pooled_k = pooled_k.repeat_interleave(pooled_q.shape[1] // pooled_k.shape[1], dim=1)
-    scores = pooled_q @ pooled_k.transpose(-1, -2)
+    A key block is summarized by `pool` — `mean` (its mean key), `max` (channel-wise max),
+    `last` (its last key), `minmax` (channel-wise min and max, scored as the bound
+    sum_d max(q_d min_d, q_d max_d) on q · k over the block) — and a query block by `qpool`:
+    `mean` (its mean query's score) or `max` (the max of its queries' scores). With
+    `share = group` (`all`) the scores of a GQA group's query heads (of all heads) are summed and
+    one selection serves them, among the blocks that are candidates for any of them; each head
+    keeps its own candidates only. GQA key heads serve their group's query heads."""
+    import torch
+    q, k = q.detach().double(), k.detach().double()
+    batch, heads, seq_q, _ = q.shape
+    summary = _key_summary(k, route.block, route.pool)
+    summary = tuple(s.repeat_interleave(heads // s.shape[1], dim=1) for s in summary)
+    scores = _query_scores(q, summary, route)                          # (B, H, units, key blocks)
     candidates = torch.as_tensor(candidates, device=scores.device).expand(scores.shape)
-    scores = scores.masked_fill(~candidates, -math.inf)
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :route.top]
-    selected = torch.zeros_like(candidates)
+    group = {"head": 1, "group": heads // k.shape[1], "all": heads}[route.share]
+    shape = (batch, heads // group, group) + scores.shape[2:]
+    shared_scores = scores.reshape(shape).sum(2)
+    shared_candidates = candidates.reshape(shape).any(2)
+    shared_scores = shared_scores.masked_fill(~shared_candidates, -math.inf)
+    order = torch.sort(shared_scores, dim=-1, descending=True, stable=True).indices[..., :route.top]
+    selected = torch.zeros_like(shared_candidates)
     selected.scatter_(-1, order, True)
-    return selected & candidates
+    selected &= shared_candidates
+    return selected.repeat_interleave(group, dim=1) & candidates
+
+
+def _blocks(x, block: int, fill: float):
+    """x (B, H, N, D) as (B, H, blocks, block, D), a ragged last block filled with `fill`."""
+    import torch
+    batch, heads, length, dim = x.shape
+    blocks = -(-length // block)
+    padded = torch.full((batch, heads, blocks * block, dim), fill, dtype=x.dtype, device=x.device)
+    padded[:, :, :length] = x
+    return padded.view(batch, heads, blocks, block, dim)
+
+
+def _key_summary(k, block: int, pool: str) -> tuple:
+    """Each key block's summary: one (B, H, blocks, D) tensor, or (min, max) for `minmax`."""
+    from .reference import _pool_blocks
+    if pool == "mean":
+        return (_pool_blocks(k, block),)
+    if pool == "max":
+        return (_blocks(k, block, -math.inf).amax(3),)
+    if pool == "last":
+        last = [min((j + 1) * block, k.shape[2]) - 1 for j in range(-(-k.shape[2] // block))]
+        return (k[:, :, last],)
+    return _blocks(k, block, math.inf).amin(3), _blocks(k, block, -math.inf).amax(3)
+
+
+def _score(queries, summary: tuple):
+    """(B, H, U, D) queries against each key block's summary: (B, H, U, blocks)."""
+    import torch
+    if len(summary) == 1:
+        return queries @ summary[0].transpose(-1, -2)
+    low, high = (s[:, :, None] for s in summary)                    # (B, H, 1, blocks, D)
+    q = queries[:, :, :, None]                                        # (B, H, U, 1, D)
+    return torch.maximum(q * low, q * high).sum(-1)
+
+
+def _query_scores(q, summary: tuple, route: ir.RouteIR):
+    from .reference import _pool_blocks
+    if route.query_block == 1:
+        return _score(q, summary)
+    if route.qpool == "mean":
+        return _score(_pool_blocks(q, route.query_block), summary)
+    per_token = _score(q, summary)                                    # max over each block's queries
+    return _blocks(per_token, route.query_block, -math.inf).amax(3)
 
 
 # -- the routed bound -------------------------------------------------------------------
 
 def _kept_map(block_map):
+    import warnings
+
     from .analysis import analyze_blocks
+    from .errors import AttnlangWarning
     _, kept = _static_and_keep(block_map.pattern)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttnlangWarning)  # keep = false keeps nothing, as meant
         return analyze_blocks(kept, block_map.seq_q, block_map.seq_k, block_map.heads,
                               (block_map.block_q, block_map.block_k), block_map.inputs, block_map.batch).kinds
 
 
 def routed_rows(block_map) -> np.ndarray:
-    """Per (head, query tile): at most this many tiles are visited once routing has chosen —
-    the kept tiles plus K routing blocks for every routing block row the tile overlaps, each
-    over as many tiles as it spans, never more than the static map's."""
+    """Per (head, query tile): the most tile work once routing has chosen, never more than the
+    static map's. Block routing: the kept tiles plus K routing blocks for every routing block
+    row the tile overlaps, each over the tiles it spans (tiles visited). Per-token routing
+    (`qblock = 1`): the kept tiles plus K blocks' tiles — the work of a key-block-major
+    schedule that gathers the queries which chose each block (FlashMoBA), K blocks per query
+    token; a tile-major kernel could visit every static tile."""
     route = block_map.pattern.route
     static = (block_map.kinds != 0).sum(-1)
     kept = (_kept_map(block_map) != 0).sum(-1)
     kept = np.broadcast_to(kept, np.broadcast_shapes(kept.shape, static.shape))
-    rows_of = -(-block_map.block_q // route.block) + (route.block % block_map.block_q != 0)
+    unit = route.query_block  # selections a query tile holds: one per routing unit it overlaps
+    units_of = 1 if unit == 1 else -(-block_map.block_q // unit) + (unit % block_map.block_q != 0)
     tiles_per_block = -(-route.block // block_map.block_k) + (route.block % block_map.block_k != 0)
-    return np.minimum(static, kept + route.top * rows_of * tiles_per_block)
+    return np.minimum(static, kept + route.top * units_of * tiles_per_block)
 
 
 def routed_kinds(block_map) -> np.ndarray:
@@ -119,7 +185,7 @@ def selection_seconds(hw, route: ir.RouteIR, seq_q: int, seq_k: int, batch: int,
     scores), and build the tables (a count, a prefix sum and a scatter per row)."""
     from .simulator import DTYPE_BYTES
     eff = hw.efficiency
-    blocks_q, blocks_k = -(-seq_q // route.block), -(-seq_k // route.block)
+    blocks_q, blocks_k = -(-seq_q // route.query_block), -(-seq_k // route.block)  # query units, key blocks
     moved = batch * heads * (seq_k + seq_q + blocks_k + blocks_q) * head_dim * DTYPE_BYTES[dtype]
     memory = moved / (hw.hbm_gb_per_s * 1e9 * eff["memory"])
     flops = 2 * batch * heads * blocks_q * blocks_k * head_dim
@@ -154,7 +220,7 @@ def routed_block_mask(block_map, q, k):
     chosen = selected.to(q.device)
 
     def mask_mod(b, h, q_idx, kv_idx):
-        picked = chosen[b, h, q_idx // route.block, kv_idx // route.block]
+        picked = chosen[b, h, q_idx // route.query_block, kv_idx // route.block]
         return static_mod(b, h, q_idx, kv_idx) & (picked | keep_mod(b, h, q_idx, kv_idx))
 
     kinds = _reached_tiles(block_map, selected.cpu().numpy())
@@ -185,7 +251,8 @@ def _reached_tiles(block_map, selected: np.ndarray) -> np.ndarray:
     rows = np.arange(tq)
     cols = np.arange(tk)
     # routing blocks a tile overlaps: [first, last] along each side
-    q_first, q_last = rows * block_map.block_q // route.block, ((rows + 1) * block_map.block_q - 1) // route.block
+    unit = route.query_block
+    q_first, q_last = rows * block_map.block_q // unit, ((rows + 1) * block_map.block_q - 1) // unit
     k_first, k_last = cols * block_map.block_k // route.block, ((cols + 1) * block_map.block_k - 1) // route.block
     q_last = np.minimum(q_last, selected.shape[2] - 1)
     k_last = np.minimum(k_last, selected.shape[3] - 1)

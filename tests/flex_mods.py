@@ -207,7 +207,9 @@ def dense(p, n_q, n_k, heads, inputs):
     return lambda b, h, q, k: q >= 0
 
 
-# Small parameters, so that every mask has structure at a few hundred tokens.
+# Small parameters, so that every mask has structure at a few hundred tokens. A routing
+# pattern's entry is its static mask (the routing is checked in tests/test_routing.py).
+ROUTED = ("moba", "biformer", "quest", "nsa_selected")
 MODS = {
     "causal": ({}, causal),
     "sliding_window": ({"window": 37}, sliding_window),
@@ -234,6 +236,8 @@ MODS = {
     "halonet": ({"height": 20, "width": 20, "block": 4, "halo": 1}, halonet),
     "radial": ({"frames": 8, "frame_tokens": 40, "min_window": 4, "sink": True}, radial),
     "biformer": ({"region_size": 4, "top": 2}, dense),
+    "quest": ({"page": 8, "top": 3}, causal),
+    "nsa_selected": ({"block": 16, "top": 2}, causal),
     "cross_causal": ({}, cross_causal),
     "block_local": ({"block": 24}, block_local),
 }

@@ -11,10 +11,10 @@ from attnlang import EMPTY, FULL, PARTIAL
 from attnlang.printer import print_pattern
 from attnlang.reference import classify_tiles
 
-from .flex_mods import MODS
+from .flex_mods import MODS, ROUTED
 from .strategies import typed_exprs, wrap_mask
 
-STATIC = sorted(name for name in MODS if name not in ("moba", "biformer"))
+STATIC = sorted(name for name in MODS if name not in ROUTED)
 SHAPES = [(200, 200, 64, 64), (333, 333, 32, 48), (130, 257, 16, 16), (257, 130, 64, 32), (77, 77, 128, 128)]
 
 

@@ -246,3 +246,13 @@ def test_fuzz_logit_slope_not_finite_on_padded_columns():
     p = pattern("bias tanh((score % score * abs(b) + log2(heads // 16)) / 30.0)")
     check_against_reference(p, 3, 3, block=32)
     check_against_reference(p, 40, 37)
+
+
+def test_fuzz_exported_select_of_float_constants_is_float64():
+    """Found by the fuzzer: `torch.where(c, 6.0, 2.0)` is float32, so tanh of it lost 3e-7."""
+    p = attnlang.parse("""pattern m() { input doc: int[tokens]
+    bias 0.5 * tanh(abs(if doc[q] == doc[k] then 6.0 else 2.0) / 0.5) }""")["m"]
+    doc = np.array([0, 0, 1, 1, 1])
+    _, score_mod = p.flex_mods(5, 5, 1, {"doc": doc})
+    got = score_mod(torch.zeros((), dtype=torch.float64), 0, 0, torch.tensor(0), torch.tensor(3))
+    assert got.dtype == torch.float64 and float(got) == 0.5 * np.tanh(4.0)

@@ -13,12 +13,12 @@ import torch
 
 import attnlang
 
-from .flex_mods import MODS
+from .flex_mods import MODS, ROUTED
 
 GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and TRITON_INTERPRET=0")
 
-STATIC = sorted(name for name in MODS if name not in ("moba", "biformer"))
+STATIC = sorted(name for name in MODS if name not in ROUTED)
 
 
 def max_error(a, b):

@@ -13,10 +13,10 @@ from hypothesis import assume, given, settings, strategies as st
 import attnlang
 from attnlang.printer import print_pattern
 
-from .flex_mods import MODS
+from .flex_mods import MODS, ROUTED
 from .strategies import typed_exprs, wrap_mask
 
-STATIC = sorted(name for name in MODS if name not in ("moba", "biformer"))
+STATIC = sorted(name for name in MODS if name not in ROUTED)
 TOLERANCE = dict(rtol=2e-4, atol=2e-5)
 
 

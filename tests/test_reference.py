@@ -183,12 +183,12 @@ def test_routing_keeps_at_most_top_extra_blocks_inside_the_static_mask(top, bloc
     static = pattern.reference_mask(n, n, heads=2, static_only=True)
     assert not (routed & ~static).any()
     blocks = -(-n // block)
-    padded = np.zeros((2, blocks * block, blocks * block), dtype=bool)
-    padded[:, :n, :n] = routed
-    tiles = padded.reshape(2, blocks, block, blocks, block).any(axis=(2, 4))
-    for row in range(blocks):
-        extra = tiles[:, row].copy()
-        extra[:, row] = False  # the kept own block
+    padded = np.zeros((2, n, blocks * block), dtype=bool)
+    padded[:, :, :n] = routed
+    per_token = padded.reshape(2, n, blocks, block).any(-1)  # MoBA routes every query token
+    for token in range(n):
+        extra = per_token[:, token].copy()
+        extra[:, token // block] = False  # the kept own block
         assert (extra.sum(-1) <= top).all()
 
 

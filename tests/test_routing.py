@@ -60,10 +60,29 @@ def test_a_routed_block_mask_from_the_tensors_equals_the_routed_reference(lib, n
 
 
 @settings(max_examples=25, deadline=None)
+@given(top=st.integers(1, 3), route_block=st.sampled_from([8, 16, 32]), seq=st.integers(20, 200),
+       seed=st.integers(0, 1000))
+def test_per_token_routing_allows_at_most_k_blocks_per_query_and_its_work_bound(lib, top, route_block, seq, seed):
+    pattern = lib["moba"].bind(block=route_block, top=top)
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, 2, seq, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    routed = pattern.reference_mask(seq, seq, heads=2, q=q, k=k)
+    pairs = routed.sum(-1)  # per query token: its own block's pairs plus K blocks at most
+    assert (pairs <= (top + 1) * route_block).all()
+    from attnlang.routing import routed_rows
+    block_map = pattern.analyze(seq, heads=2, block=route_block)
+    work = routed_rows(block_map).sum(-1) * route_block * route_block  # per head map, in pairs
+    assert (work >= routed.reshape(2, -1).sum(-1)).all()
+
+
+@settings(max_examples=25, deadline=None)
 @given(top=st.integers(1, 3), route_block=st.sampled_from([8, 16, 32]), tile=st.sampled_from([8, 16, 32]),
        seq=st.integers(20, 200), seed=st.integers(0, 1000))
 def test_the_routed_bound_holds_for_every_selection(lib, top, route_block, tile, seq, seed):
-    pattern = lib["moba"].bind(block=route_block, top=top)
+    pattern = attnlang.parse(f"""pattern block_moba() {{
+    mask q >= k
+    route topk({top}, block = {route_block}, keep = q // {route_block} == k // {route_block})
+}}""")["block_moba"]  # routed per query block: the bound counts tiles visited
     block_map = pattern.analyze(seq, heads=2, block=tile)
     gen = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(1, 2, seq, 4, generator=gen, dtype=torch.float64) for _ in range(2))
@@ -93,3 +112,76 @@ def test_analyze_says_the_counts_are_the_static_candidates(capsys):
     from attnlang.cli import main
     assert main(["analyze", "stdlib", "moba", "--seq", "4096"]) == 0
     assert "routing picks 3 blocks of 512 per query block" in capsys.readouterr().out
+
+
+# -- every routing option, against an obviously correct loop ----------------------------------
+
+def oracle_mask(pattern, seq, heads, q, k):
+    """Routing by loops over batch entry 0, heads, query units and key blocks."""
+    route = pattern.ir.route
+    static = pattern.reference_mask(seq, seq, heads, static_only=True)
+    keep_only = attnlang.parse(f"pattern keep_only() {{ mask {route.keep} }}")["keep_only"]
+    keep = keep_only.reference_mask(seq, seq, heads)
+    unit, block = route.query_block, route.block
+    group = {"head": 1, "group": heads // k.shape[1], "all": heads}[route.share]
+    selected = np.zeros((heads, seq, seq), dtype=bool)
+    q, k = q[0].double(), k[0].double()
+
+    def summary_score(vector, keys):
+        if route.pool == "minmax":
+            low, high = keys.min(0).values, keys.max(0).values
+            return float(torch.maximum(vector * low, vector * high).sum())
+        summary = {"mean": keys.mean(0), "max": keys.max(0).values, "last": keys[-1]}[route.pool]
+        return float(vector @ summary)
+
+    for first_head in range(0, heads, group):
+        members = range(first_head, first_head + group)
+        for start in range(0, seq, unit):
+            rows = slice(start, min(start + unit, seq))
+            scores = {}
+            for j, col in enumerate(range(0, seq, block)):
+                cols = slice(col, min(col + block, seq))
+                if not any((static[h, rows, cols] & ~keep[h, rows, cols]).any() for h in members):
+                    continue
+                total = 0.0
+                for h in members:
+                    keys = k[h // (heads // k.shape[0]), cols]
+                    queries = q[h, rows]
+                    if unit > 1 and route.qpool == "mean":
+                        total += summary_score(queries.mean(0), keys)
+                    else:
+                        total += max(summary_score(v, keys) for v in queries)
+                scores[j] = total
+            chosen = sorted(scores, key=lambda j: (-scores[j], j))[:route.top]
+            for j in chosen:
+                selected[list(members), rows, j * block:(j + 1) * block] = True
+    return static & (selected | keep)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pool=st.sampled_from(["mean", "max", "minmax", "last"]), qpool=st.sampled_from(["mean", "max"]),
+       share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 3),
+       block=st.integers(2, 9), seq=st.integers(5, 40), heads_kv=st.sampled_from([1, 2]), seed=st.integers(0, 999))
+def test_every_routing_option_equals_a_loop_over_units_and_blocks(pool, qpool, share, per_token, top, block, seq,
+                                                                  heads_kv, seed):
+    options = f"pool = {pool}, share = {share}" + (", qblock = 1" if per_token else f", qpool = {qpool}")
+    pattern = attnlang.parse(f"""pattern r() {{
+    mask q >= k
+    route topk({top}, block = {block}, {options}, keep = q // {block} == k // {block})
+}}""")["r"]
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 4, seq, 3, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, heads_kv, seq, 3, generator=gen, dtype=torch.float64)
+    np.testing.assert_array_equal(pattern.reference_mask(seq, seq, heads=4, q=q, k=k),
+                                  oracle_mask(pattern, seq, 4, q, k))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("route topk(2, block = 8, qblock = 4)", "qblock must be 1 .route every query token. or the block .8."),
+    ("route topk(2, block = 8, qblock = 1, qpool = max)", "qpool pools the queries of a block: it needs qblock"),
+    ("route topk(2, block = 8, share = heads)", "share must be one of head, group, all; did you mean 'head'"),
+    ("route topk(2, block = 8, pool = maxx)", "pool must be one of mean, max, minmax, last"),
+])
+def test_routing_options_are_checked(source, message):
+    with pytest.raises(AttnlangError, match=message):
+        attnlang.parse(f"pattern r() {{ {source} }}")

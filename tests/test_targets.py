@@ -24,9 +24,9 @@ from attnlang.errors import AttnlangError
 from attnlang.codegen import sass
 from attnlang.codegen.targets import TARGETS, TargetReport, audit_cases, marker_lines, resolve_target, unavailable
 
-from .flex_mods import MODS
+from .flex_mods import MODS, ROUTED
 
-STATIC = sorted(name for name in MODS if name not in ("moba", "biformer"))
+STATIC = sorted(name for name in MODS if name not in ROUTED)
 AUDIT_TARGETS, HEAD_DIMS = ("sm_80", "sm_90"), (64, 128)
 FULL = [(name, target, d) for name in STATIC for target in AUDIT_TARGETS for d in HEAD_DIMS]
 CI = [("causal", target, d) for target in AUDIT_TARGETS for d in HEAD_DIMS] + [
