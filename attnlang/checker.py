@@ -200,14 +200,20 @@ class _Lowering:
             self._set_route(used.route, stmt.span)
 
     def stmt_Route(self, stmt: ast.Route):
-        if stmt.func != "topk":
-            raise AttnlangError(f"unknown routing '{stmt.func}'{did_you_mean(stmt.func, ['topk'])}; "
+        if stmt.func not in ("topk", "top_p"):
+            raise AttnlangError(f"unknown routing '{stmt.func}'{did_you_mean(stmt.func, ['topk', 'top_p'])}; "
                                 "attnlang routes with topk(K, block = B, qblock = 1, pool = mean, qpool = mean, "
-                                "share = head, keep = EXPR)",
+                                "share = head, keep = EXPR) or top_p(P, max = K, block = B, ...)",
                                 stmt.span)
-        bound = self._bind_arguments("topk", ["top", "block", "pool", "keep", "qblock", "qpool", "share"], stmt.args,
-                                     stmt.kwargs, stmt.span, required=["top", "block"])
-        top = self._constant_int(bound["top"], "top", minimum=1)
+        options = ["block", "pool", "keep", "qblock", "qpool", "share"]
+        if stmt.func == "topk":
+            bound = self._bind_arguments("topk", ["top"] + options, stmt.args, stmt.kwargs, stmt.span,
+                                         required=["top", "block"])
+            top, top_p = self._constant_int(bound["top"], "top", minimum=1), None
+        else:
+            bound = self._bind_arguments("top_p", ["p", "max"] + options, stmt.args, stmt.kwargs, stmt.span,
+                                         required=["p", "max", "block"])
+            top, top_p = self._constant_int(bound["max"], "max", minimum=1), self._probability(bound["p"])
         block = self._constant_int(bound["block"], "block", minimum=1)
         qblock = None
         if "qblock" in bound:
@@ -227,8 +233,14 @@ class _Lowering:
             if keep.type is not Type.BOOL:
                 raise AttnlangError(f"keep expects a boolean expression, found {keep.type}",
                                     _span_of(bound["keep"]))
-        self._set_route(ir.RouteIR(top, block, pool, keep, qblock=qblock, qpool=qpool, share=share, span=stmt.span),
-                        stmt.span)
+        self._set_route(ir.RouteIR(top, block, pool, keep, qblock=qblock, qpool=qpool, share=share, top_p=top_p,
+                                   span=stmt.span), stmt.span)
+
+    def _probability(self, expr_ast) -> float:
+        value = fold_constants(self.expr(expr_ast))
+        if not (isinstance(value, ir.Const) and value.type in (Type.FLOAT, Type.INT) and 0 < value.value <= 1):
+            raise AttnlangError(f"top_p's P must be a constant in (0, 1], found {value}", _span_of(expr_ast))
+        return float(value.value)
 
     @staticmethod
     def _route_option(bound: dict, name: str, choices: tuple[str, ...]) -> str:

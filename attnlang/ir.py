@@ -218,6 +218,7 @@ class RouteIR:
     qblock: int | None = None  # query granularity: None is `block`; 1 routes every query token
     qpool: str = "mean"        # a query block's score: its mean query's, or the max over its queries
     share: str = "head"        # one selection per head, per GQA group, or for all heads
+    top_p: float | None = None  # `top_p(P, max = top)`: the fewest best blocks whose softmax mass reaches P
     span: Span | None = _span()
 
     @property
@@ -271,7 +272,8 @@ class PatternIR:
             lines.append(f"    score {self.logit}")
         if self.route:
             r = self.route
-            lines.append(f"    route topk({r.top}, block = {r.block}{r.options()}, keep = {r.keep})")
+            selector = f"topk({r.top}" if r.top_p is None else f"top_p({r.top_p!r}, max = {r.top}"
+            lines.append(f"    route {selector}, block = {r.block}{r.options()}, keep = {r.keep})")
         return "\n".join(lines + ["}"]) + "\n"
 
 

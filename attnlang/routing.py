@@ -61,7 +61,10 @@ def candidate_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int, 
 def select_blocks(route: ir.RouteIR, candidates, q, k):
     """Bool (B, H, query units, key blocks): per query unit (a block of `route.query_block`
     tokens, or one token), the `route.top` candidates with the highest score, ties to the lower
-    block index; fewer candidates than K select them all. `candidates`: bool, broadcastable.
+    block index; fewer candidates than K select them all. With `top_p(P, max = K)`: the fewest
+    of them, best first, whose probabilities (softmax of the unit's candidate scores) sum to at
+    least P — a block is kept while the mass before it is below P. `candidates`: bool,
+    broadcastable.
 
     A key block is summarized by `pool` — `mean` (its mean key), `max` (channel-wise max),
     `last` (its last key), `minmax` (channel-wise min and max, scored as the bound
@@ -82,9 +85,14 @@ def select_blocks(route: ir.RouteIR, candidates, q, k):
     shared_scores = scores.reshape(shape).sum(2)
     shared_candidates = candidates.reshape(shape).any(2)
     shared_scores = shared_scores.masked_fill(~shared_candidates, -math.inf)
-    order = torch.sort(shared_scores, dim=-1, descending=True, stable=True).indices[..., :route.top]
+    ranked, order = torch.sort(shared_scores, dim=-1, descending=True, stable=True)
+    keep_rank = torch.arange(ranked.shape[-1], device=ranked.device) < route.top
+    if route.top_p is not None:  # the fewest best candidates whose softmax mass reaches P, at most `top`
+        mass = torch.softmax(ranked, dim=-1).nan_to_num(0.0)
+        before = mass.cumsum(-1) - mass
+        keep_rank = keep_rank & (before < route.top_p)
     selected = torch.zeros_like(shared_candidates)
-    selected.scatter_(-1, order, True)
+    selected.scatter_(-1, order, keep_rank.expand(order.shape))
     selected &= shared_candidates
     return selected.repeat_interleave(group, dim=1) & candidates
 

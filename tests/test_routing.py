@@ -153,6 +153,16 @@ def oracle_mask(pattern, seq, heads, q, k):
                         total += max(summary_score(v, keys) for v in queries)
                 scores[j] = total
             chosen = sorted(scores, key=lambda j: (-scores[j], j))[:route.top]
+            if route.top_p is not None and chosen:  # keep while the probability mass before is below P
+                best = max(scores.values())
+                total = sum(np.exp(v - best) for v in scores.values())
+                kept, mass = [], 0.0
+                for j in chosen:
+                    if mass >= route.top_p:
+                        break
+                    kept.append(j)
+                    mass += np.exp(scores[j] - best) / total
+                chosen = kept
             for j in chosen:
                 selected[list(members), rows, j * block:(j + 1) * block] = True
     return static & (selected | keep)
@@ -161,13 +171,15 @@ def oracle_mask(pattern, seq, heads, q, k):
 @settings(max_examples=60, deadline=None)
 @given(pool=st.sampled_from(["mean", "max", "minmax", "last"]), qpool=st.sampled_from(["mean", "max"]),
        share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 3),
-       block=st.integers(2, 9), seq=st.integers(5, 40), heads_kv=st.sampled_from([1, 2]), seed=st.integers(0, 999))
+       block=st.integers(2, 9), seq=st.integers(5, 40), heads_kv=st.sampled_from([1, 2]), seed=st.integers(0, 999),
+       top_p=st.one_of(st.none(), st.floats(0.05, 1.0)))
 def test_every_routing_option_equals_a_loop_over_units_and_blocks(pool, qpool, share, per_token, top, block, seq,
-                                                                  heads_kv, seed):
+                                                                  heads_kv, seed, top_p):
     options = f"pool = {pool}, share = {share}" + (", qblock = 1" if per_token else f", qpool = {qpool}")
+    selector = f"topk({top}" if top_p is None else f"top_p({top_p!r}, max = {top}"
     pattern = attnlang.parse(f"""pattern r() {{
     mask q >= k
-    route topk({top}, block = {block}, {options}, keep = q // {block} == k // {block})
+    route {selector}, block = {block}, {options}, keep = q // {block} == k // {block})
 }}""")["r"]
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(1, 4, seq, 3, generator=gen, dtype=torch.float64)
@@ -181,6 +193,9 @@ def test_every_routing_option_equals_a_loop_over_units_and_blocks(pool, qpool, s
     ("route topk(2, block = 8, qblock = 1, qpool = max)", "qpool pools the queries of a block: it needs qblock"),
     ("route topk(2, block = 8, share = heads)", "share must be one of head, group, all; did you mean 'head'"),
     ("route topk(2, block = 8, pool = maxx)", "pool must be one of mean, max, minmax, last"),
+    ("route top_p(1.5, max = 4, block = 8)", r"top_p's P must be a constant in \(0, 1\]"),
+    ("route top_p(0.5, block = 8)", "max"),
+    ("route topp(0.5, max = 2, block = 8)", "did you mean 'top_p'"),
 ])
 def test_routing_options_are_checked(source, message):
     with pytest.raises(AttnlangError, match=message):
