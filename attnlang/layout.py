@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -151,6 +151,11 @@ class Layout:
 ROW_MAJOR = Layout("row-major")
 
 
+def is_spec(spec, name: str) -> bool:
+    """Whether `spec` spells the layout `name` ("auto", "row-major"), in any case or spacing."""
+    return isinstance(spec, str) and spec.strip().lower() == name
+
+
 def grid_sizes(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1) -> tuple[int, ...] | None:
     """The grid's sizes at these lengths (None without a grid, or if a size is not a constant)."""
     if not pattern.grid:
@@ -267,7 +272,7 @@ def _checked_lengths(layout: Layout, seq_q: int, seq_k: int) -> Layout:
 
 def check_spec(spec, pattern: ir.PatternIR) -> None:
     """What can be checked of a layout spec before lengths are known (at `compile`)."""
-    if isinstance(spec, Layout) or (isinstance(spec, str) and spec.strip().lower() in ("auto", "row-major")):
+    if isinstance(spec, Layout) or is_spec(spec, "auto") or is_spec(spec, "row-major"):
         return
     if not isinstance(spec, str):
         raise AttnlangError(f"layout must be 'auto', 'row-major', a tile shape such as '16x8', or 'residues D'; "
@@ -399,6 +404,7 @@ class LayoutChoice:
     hardware: str
     times_ms: dict           # finalist name -> (attention ms, permutation ms), forward + backward
     estimates: dict          # candidate name -> visited tiles per query-tile row (sampled)
+    block_map: object = field(default=None, repr=False)  # the winner's map (batch 0), analyzed for the choice
 
     @property
     def reason(self) -> str:
@@ -462,13 +468,14 @@ def choose_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, block: tuple[in
                                + permutation_ms(layout, hw, seq_q, seq_k, batch, heads, head_dim, dtype, backward))
     ranked = sorted(options[1:], key=lambda layout: scores[layout.name])
     finalists = [ROW_MAJOR] + ranked[:FINALISTS]
-    times = {}
+    times, maps = {}, {}
     for layout in finalists:
         padded_q, padded_k = layout.lengths(seq_q, seq_k)
-        block_map = analyze_blocks(apply(pattern, layout, seq_q, seq_k), padded_q, padded_k, heads, block)
+        block_map = maps[layout.name] = analyze_blocks(apply(pattern, layout, seq_q, seq_k), padded_q, padded_k,
+                                                       heads, block)
         attention = simulate(block_map, heads=heads, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hw,
                              backward=backward).time_ms
         times[layout.name] = (attention, permutation_ms(layout, hw, seq_q, seq_k, batch, heads, head_dim, dtype,
                                                         backward))
     best = min(finalists, key=lambda layout: sum(times[layout.name]))
-    return LayoutChoice(best, seq_q, block, hw.key, times, estimates)
+    return LayoutChoice(best, seq_q, block, hw.key, times, estimates, maps[best.name])

@@ -179,10 +179,10 @@ class Pattern:
         """A `LayoutChoice`: for "auto", the simulated choice (`choice.reason` says why); for any
         other spec, that layout."""
         from .analysis import _tile_shape
-        from .layout import LayoutChoice, choose_layout, parse_layout
+        from .layout import LayoutChoice, choose_layout, is_spec, parse_layout
         seq_k = seq_q if seq_k is None else seq_k
         block = _tile_shape(block)
-        if isinstance(layout, str) and layout.strip().lower() == "auto":
+        if is_spec(layout, "auto"):
             return choose_layout(self.ir, seq_q, seq_k, block, heads, head_dim, dtype, hardware, backward=backward)
         chosen = parse_layout(layout, self.ir, seq_q, seq_k, *block, heads=heads)
         return LayoutChoice(chosen, seq_q, block, str(hardware), {}, {})
@@ -197,16 +197,21 @@ class Pattern:
         For a routing pattern this is the static map the routing chooses from. With a
         `layout` ("auto", a tile shape such as "16x8", "residues D"; see `with_layout`) the
         map is of the permuted tokens: its tiles, counts and pairs refer to that order, and
-        `bm.layout` (and `bm.layout_choice`) say which.
+        `bm.layout` (and `bm.layout_choice`) say which; a `LayoutChoice` is taken as made (its map reused).
         """
         from .analysis import analyze_blocks
+        from .layout import LayoutChoice, is_spec
         seq_k = seq_q if seq_k is None else seq_k
         choice = None
-        if not (isinstance(layout, str) and layout.strip().lower() == "row-major"):
-            choice = self.choose_layout(layout, seq_q, seq_k, block, heads=heads, hardware=hardware)
+        if not is_spec(layout, "row-major"):
+            choice = layout if isinstance(layout, LayoutChoice) else self.choose_layout(
+                layout, seq_q, seq_k, block, heads=heads, hardware=hardware)
         if choice is not None and not choice.layout.is_row_major:
-            laid_out = self.with_layout(choice.layout, seq_q, seq_k, block)
-            block_map = laid_out.analyze(*choice.layout.lengths(seq_q, seq_k), heads, block, inputs, batch=batch)
+            if choice.block_map is not None and batch == 0:  # the choice analyzed it already
+                block_map = choice.block_map
+            else:
+                laid_out = self.with_layout(choice.layout, seq_q, seq_k, block)
+                block_map = laid_out.analyze(*choice.layout.lengths(seq_q, seq_k), heads, block, inputs, batch=batch)
             block_map.layout, block_map.layout_choice = choice.layout, choice
             block_map.layout_lengths = (seq_q, seq_k)
             return block_map
@@ -272,11 +277,13 @@ class Pattern:
         import torch
 
         from attnlang.codegen.runtime import AttentionKernel, LayoutKernel
+
+        from .layout import is_spec
         choice = None
         if block == "auto":
             from .simulator import choose_block
             names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-            joint = "auto" if self._layout_applies(layout) and str(layout).strip().lower() == "auto" else "row-major"
+            joint = "auto" if self._layout_applies(layout) and is_spec(layout, "auto") else "row-major"
             choice = choose_block(self, tune_seq, heads or 16, head_dim or 128, names.get(dtype, "bf16"), hardware,
                                   layout=joint)
             block = choice.block
@@ -297,10 +304,10 @@ class Pattern:
 
     def _layout_applies(self, layout) -> bool:
         """Whether `layout` can reorder this pattern's tokens ("auto": it has a grid or a `% d`)."""
-        from .layout import has_candidates
-        if not self.layout.is_row_major or (isinstance(layout, str) and layout.strip().lower() == "row-major"):
+        from .layout import has_candidates, is_spec
+        if not self.layout.is_row_major or is_spec(layout, "row-major"):
             return False
-        if isinstance(layout, str) and layout.strip().lower() == "auto":
+        if is_spec(layout, "auto"):
             return has_candidates(self.ir)
         return True
 

@@ -161,9 +161,13 @@ def routed_rows(block_map) -> np.ndarray:
     (`qblock = 1`): the kept tiles plus K blocks' tiles — the work of a key-block-major
     schedule that gathers the queries which chose each block (FlashMoBA), K blocks per query
     token; a tile-major kernel could visit every static tile."""
+    return _routed_rows(block_map, _kept_map(block_map))
+
+
+def _routed_rows(block_map, kept_map: np.ndarray) -> np.ndarray:
     route = block_map.pattern.route
     static = (block_map.kinds != 0).sum(-1)
-    kept = (_kept_map(block_map) != 0).sum(-1)
+    kept = (kept_map != 0).sum(-1)
     kept = np.broadcast_to(kept, np.broadcast_shapes(kept.shape, static.shape))
     unit = route.query_block  # selections a query tile holds: one per routing unit it overlaps
     units_of = 1 if unit == 1 else -(-block_map.block_q // unit) + (unit % block_map.block_q != 0)
@@ -176,8 +180,9 @@ def routed_kinds(block_map) -> np.ndarray:
     tiles, then the row's other static tiles in order, all PARTIAL (the routed mask is evaluated)."""
     from .analysis import EMPTY, PARTIAL
     static = block_map.kinds
-    kept = np.broadcast_to(_kept_map(block_map) != EMPTY, static.shape)
-    budget = routed_rows(block_map)
+    kept_map = _kept_map(block_map)  # analyzed once, for the tiles and for the budget
+    kept = np.broadcast_to(kept_map != EMPTY, static.shape)
+    budget = _routed_rows(block_map, kept_map)
     budget = np.broadcast_to(budget, static.shape[:2])
     others = (static != EMPTY) & ~kept
     extra = np.maximum(budget - kept.sum(-1), 0)

@@ -321,11 +321,9 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     slots = hw.sms * int(hw.efficiency["programs_per_sm"])
 
     def run(kinds: np.ndarray):
-        passes = [("forward", kinds, 4.0, 2 * bn)]
-        if backward:  # dK/dV: programs per key tile over the transposed map; dQ: per query tile
-            passes += [("backward_kv", kinds.transpose(0, 2, 1), 8.0, 2 * bm), ("backward_q", kinds, 6.0, 2 * bn)]
         total, parts = 0.0, {"mma": 0.0, "elementwise": 0.0, "memory": 0.0, "overhead": 0.0, "imbalance": 0.0}
-        for kernel, pass_kinds, flops, rows in passes:
+        for kernel, flops, rows, transposed in _passes(bm, bn, backward):
+            pass_kinds = kinds.transpose(0, 2, 1) if transposed else kinds
             counts = instructions.per_tile(kernel) if instructions else (None, None)
             full_count = counts[0] or model.full(kernel)
             partial_count = full_count if partial_as_full else counts[1] or model.partial(kernel)
@@ -388,12 +386,22 @@ def tile_seconds(pattern: ir.PatternIR, hw: Hardware, block: tuple[int, int], he
     kernels, with the op weights: what ranks layouts before their maps are analyzed whole."""
     bm, bn = block
     model = _ModelInstructions(pattern, bm, bn, partial_as_full=False)
-    passes = [("forward", 4.0, 2 * bn)] + ([("backward_kv", 8.0, 2 * bm), ("backward_q", 6.0, 2 * bn)]
-                                           if backward else [])
-    full = sum(_TileCosts(hw, bm, bn, head_dim, dtype, model.full(k), f, rows, False).total for k, f, rows in passes)
+    passes = _passes(bm, bn, backward)
+    full = sum(_TileCosts(hw, bm, bn, head_dim, dtype, model.full(k), f, rows, False).total
+               for k, f, rows, _ in passes)
     partial = sum(_TileCosts(hw, bm, bn, head_dim, dtype, model.partial(k), f, rows, False).total
-                  for k, f, rows in passes)
+                  for k, f, rows, _ in passes)
     return full, partial
+
+
+def _passes(bm: int, bn: int, backward: bool) -> list[tuple[str, float, int, bool]]:
+    """The kernels of a launch: (kernel, MMA flops per pair and dim, rows of D loaded per tile,
+    whether its programs walk the transposed map). dK/dV: programs per key tile loading Q and
+    dO; dQ: per query tile loading K and V."""
+    passes = [("forward", 4.0, 2 * bn, False)]
+    if backward:
+        passes += [("backward_kv", 8.0, 2 * bm, True), ("backward_q", 6.0, 2 * bn, False)]
+    return passes
 
 
 class _ModelInstructions:
@@ -500,14 +508,12 @@ def _block_map(source, seq, seq_k, heads, block, inputs, layout="row-major", hw=
     if seq is None:
         raise AttnlangError("simulate needs seq= (the sequence length) for a pattern")
     seq_k = seq if seq_k is None else seq_k
-    choice = None
-    if (isinstance(layout, str) and layout.strip().lower() == "auto" and source.layout.is_row_major
-            and not source.inputs):  # chosen for this head dim and dtype, as compile would
-        choice = source.choose_layout("auto", seq, seq_k, block, heads=heads, head_dim=head_dim, dtype=dtype,
+    from .layout import is_spec
+    if is_spec(layout, "auto") and source.layout.is_row_major and not source.inputs:
+        # chosen for this head dim, dtype and pass, as compile would; its map comes with it
+        layout = source.choose_layout("auto", seq, seq_k, block, heads=heads, head_dim=head_dim, dtype=dtype,
                                       hardware=hw or "h100", backward=backward)
-        layout = choice.layout
     block_map = source.analyze(seq, seq_k, heads, block, inputs, layout=layout, hardware=hw or "h100")
-    block_map.layout_choice = choice or block_map.layout_choice
     if block_map.layout is not None and not block_map.layout.is_row_major:
         block_map.layout_lengths = (seq, seq_k)
     return block_map

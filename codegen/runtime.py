@@ -362,15 +362,16 @@ class LayoutKernel:
         return y if inverse is None else y.index_select(2, inverse.to(y.device))
 
     def _find(self, padded_q: int, padded_k: int | None, seq: int | None, seq_k: int | None):
-        """The entry whose layout has these permuted lengths (`padded_k` None: any key length)."""
+        """The entry whose layout has these permuted lengths (`padded_k` None: any key length),
+        among the lengths asked for (`seq`, `seq_k`) or all this kernel has made."""
         if seq is not None:
-            entry = self._entry(seq, seq if seq_k is None else seq_k)
-            matches = [entry]
-        else:
-            matches = list(self._per_length.values())
-        matches = [e for (n_q, n_k), e in zip(self._per_length, self._per_length.values()) if e in matches
-                   and e[0].layout.lengths(n_q, n_k)[0] == padded_q
-                   and (padded_k is None or e[0].layout.lengths(n_q, n_k)[1] == padded_k)]
+            self._entry(seq, seq if seq_k is None else seq_k)
+        matches = []
+        for (n_q, n_k), entry in self._per_length.items():
+            lengths = entry[0].layout.lengths(n_q, n_k)
+            asked = seq is None or (n_q, n_k) == (seq, seq if seq_k is None else seq_k)
+            if asked and lengths[0] == padded_q and padded_k in (None, lengths[1]):
+                matches.append(entry)
         if len(matches) != 1:
             keys = "" if padded_k is None else f" and {padded_k} key positions"
             raise AttnlangError(f"no single layout of this kernel has {padded_q} query positions{keys}; pass seq= "
