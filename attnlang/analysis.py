@@ -93,6 +93,12 @@ def _check_positive(name: str, value) -> None:
         raise AttnlangError(f"{name} must be a positive int, got {value!r}")
 
 
+def pairs_depend_on(pattern: ir.PatternIR, name: str) -> bool:
+    """Whether the allowed pairs read variable `name` ("h", "b"): the mask, or a routing's keep."""
+    roots = [pattern.mask] + ([pattern.route.keep] if pattern.route else [])
+    return any(isinstance(n, ir.Var) and n.name == name for root in roots for n in ir.walk(root))
+
+
 def mask_depends_on_head(pattern: ir.PatternIR) -> bool:
     return any(isinstance(n, ir.Var) and n.name == "h" for n in ir.walk(pattern.mask))
 

@@ -327,14 +327,17 @@ class Pattern:
         from .export import flex_source
         return flex_source(self.ir, seq_q, seq_k, heads, static_only)
 
-    def reference_attention(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
+    def reference_attention(self, q, k, v, inputs=None, scale=None, return_lse: bool = False, selection=None):
         """Dense softmax attention with this pattern's mask, bias and score (the oracle).
 
         q: `(B, H, Nq, D)`; k, v: `(B, Hkv, Nk, D)`, Hkv dividing H. Float64 inputs are
         computed in float64, others in float32; the result has q's dtype. Fully masked rows
         give 0 (and LSE -inf with `return_lse=True`); gradients flow through torch autograd.
+        A routing pattern selects from q and k, or attends to `selection` (bool `(B, H,
+        query units, key blocks)`, e.g. `kernel.selection(q, k)`), still within its candidates.
         """
-        return reference.reference_attention(self.ir, q, k, v, self.inputs_or_defaults(inputs), scale, return_lse)
+        return reference.reference_attention(self.ir, q, k, v, self.inputs_or_defaults(inputs), scale, return_lse,
+                                             selection)
 
 
 _KERNELS: dict = {}

@@ -304,7 +304,7 @@ def _pool_blocks(x, block: int):
     return padded.view(batch, heads, blocks, block, dim).sum(3) / counts[None, None, :, None].to(x.dtype)
 
 
-def routed_mask(route: ir.RouteIR, static, keep, q, k):
+def routed_mask(route: ir.RouteIR, static, keep, q, k, selection=None):
     """The final mask of a routing pattern: static AND (selected blocks OR keep).
 
     For each (batch, head, query unit: a block of `route.query_block` tokens, or one token),
@@ -312,6 +312,7 @@ def routed_mask(route: ir.RouteIR, static, keep, q, k):
     and `keep` does not already allow; the `top` candidates with the highest score are
     selected (ties go to the lower block index; `attnlang.routing.select_blocks` defines the
     scores of each `pool`, `qpool` and `share`). `static`, `keep`: bool tensors `(B, H, Nq, Nk)`.
+    `selection`: bool `(B, H, units, key blocks)` to use instead (a kernel's own, say).
     """
     import torch
 
@@ -323,17 +324,18 @@ def routed_mask(route: ir.RouteIR, static, keep, q, k):
     padded = torch.zeros(batch, heads, units * unit, nkb * block, dtype=torch.bool, device=static.device)
     padded[:, :, :seq_q, :seq_k] = open_pairs
     candidates = padded.view(batch, heads, units, unit, nkb, block).any(5).any(3)
-    selected = select_blocks(route, candidates, q, k)
+    selected = select_blocks(route, candidates, q, k) if selection is None else selection.to(static.device) & candidates
     token_level = selected.repeat_interleave(unit, 2).repeat_interleave(block, 3)[:, :, :seq_q, :seq_k]
     return static & (token_level | keep)
 
 
-def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None, return_lse=False):
+def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None, return_lse=False, selection=None):
     """Dense softmax attention with the pattern's mask and logit transform.
 
     q: (B, H, Nq, D); k, v: (B, Hkv, Nk, D) with Hkv dividing H (grouped-query attention).
     Computed in float64 for float64 inputs, else float32; returned in q's dtype. A fully
-    masked row gives output 0 and LSE -inf, and gradients 0, never NaN.
+    masked row gives output 0 and LSE -inf, and gradients 0, never NaN. A routing pattern
+    selects its blocks from q and k, or takes `selection`: bool (B, H, query units, key blocks).
     """
     import torch
     _check_qkv(q, k, v)
@@ -352,7 +354,7 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
     scores = (q.to(acc) @ k_full.transpose(-1, -2)) * scale
     if pattern.route is not None:
         keep = np.stack([_keep_mask(pattern, seq_q, seq_k, heads, inputs_per_batch[b], b) for b in range(batch)])
-        allowed = routed_mask(pattern.route, allowed, torch.from_numpy(keep).to(q.device), q, k)
+        allowed = routed_mask(pattern.route, allowed, torch.from_numpy(keep).to(q.device), q, k, selection)
     logits = _logits(pattern, scores, heads, inputs_per_batch).to(acc)
     logits = logits.masked_fill(~allowed, -math.inf)
     lse = torch.logsumexp(logits, dim=-1)

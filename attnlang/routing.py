@@ -19,7 +19,7 @@ from . import ir
 from .errors import AttnlangError
 
 __all__ = ["candidate_blocks", "select_blocks", "routed_rows", "routed_kinds", "selection_seconds",
-           "routed_block_mask", "refuse_mods"]
+           "routed_block_mask", "refuse_mods", "kernel_maps"]
 
 
 def refuse_mods(pattern: ir.PatternIR) -> None:
@@ -46,16 +46,36 @@ def candidate_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int, 
                      batch: int = 0) -> np.ndarray:
     """Bool (H', query units, key blocks): routing blocks holding a candidate pair, from the
     analysis in (query unit, key block) tiles (exact, no N² work)."""
-    from .analysis import EMPTY, analyze_blocks
-    import warnings
-
-    from .errors import AttnlangWarning
+    from .analysis import EMPTY
     open_, _ = _static_and_keep(pattern)
     route = pattern.route
+    return _quiet_map(open_, seq_q, seq_k, heads, (route.query_block, route.block), inputs, batch).kinds != EMPTY
+
+
+def _quiet_map(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int, block, inputs, batch: int):
+    """The block map of a routing's part (candidates, kept pairs): having none is legal."""
+    import warnings
+
+    from .analysis import analyze_blocks
+    from .errors import AttnlangWarning
     with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", AttnlangWarning)  # no candidate at all is legal: nothing to route
-        kinds = analyze_blocks(open_, seq_q, seq_k, heads, (route.query_block, route.block), inputs, batch).kinds
-    return kinds != EMPTY
+        warnings.simplefilter("ignore", AttnlangWarning)
+        return analyze_blocks(pattern, seq_q, seq_k, heads, block, inputs, batch)
+
+
+def kernel_maps(block_map, unit_rows: int) -> dict:
+    """What the routed kernels build their tables from, by the analysis (exact): the candidates'
+    kinds per (unit, key block) — per token routing per (`unit_rows` tokens, key block), whose
+    PARTIAL entries the selection decides row by row — and the tile kinds of the mask and of
+    mask AND keep, FULL only inside the lengths. int8 numpy arrays (map heads, rows, cols)."""
+    pattern, route = block_map.pattern, block_map.pattern.route
+    open_, kept = _static_and_keep(pattern)
+    rows = unit_rows if route.query_block == 1 else route.query_block
+    shape = (block_map.seq_q, block_map.seq_k, block_map.heads)
+    candidates = _quiet_map(open_, *shape, (rows, route.block), block_map.inputs, block_map.batch)
+    kept_map = _quiet_map(kept, *shape, (block_map.block_q, block_map.block_k), block_map.inputs, block_map.batch)
+    return {"candidates": candidates.kinds, "static": block_map.ragged_partial_kinds,
+            "kept": kept_map.ragged_partial_kinds}
 
 
 def select_blocks(route: ir.RouteIR, candidates, q, k):
@@ -143,25 +163,26 @@ def _query_scores(q, summary: tuple, route: ir.RouteIR):
 # -- the routed bound -------------------------------------------------------------------
 
 def _kept_map(block_map):
-    import warnings
-
-    from .analysis import analyze_blocks
-    from .errors import AttnlangWarning
     _, kept = _static_and_keep(block_map.pattern)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", AttnlangWarning)  # keep = false keeps nothing, as meant
-        return analyze_blocks(kept, block_map.seq_q, block_map.seq_k, block_map.heads,
-                              (block_map.block_q, block_map.block_k), block_map.inputs, block_map.batch).kinds
+    return _quiet_map(kept, block_map.seq_q, block_map.seq_k, block_map.heads,
+                      (block_map.block_q, block_map.block_k), block_map.inputs, block_map.batch).kinds
 
 
 def routed_rows(block_map) -> np.ndarray:
-    """Per (head, query tile): the most tile work once routing has chosen, never more than the
-    static map's. Block routing: the kept tiles plus K routing blocks for every routing block
-    row the tile overlaps, each over the tiles it spans (tiles visited). Per-token routing
-    (`qblock = 1`): the kept tiles plus K blocks' tiles — the work of a key-block-major
-    schedule that gathers the queries which chose each block (FlashMoBA), K blocks per query
-    token; a tile-major kernel could visit every static tile."""
+    """Per (head, query tile): the most tiles the routed kernels visit once routing has chosen,
+    never more than the static map's. The kernels are tile-major: a query tile visits the kept
+    tiles, and every tile that a block chosen by any of its routing units reaches — K blocks
+    per unit, each over the tiles it spans. Per-token routing (`qblock = 1`) makes each of the
+    tile's rows a unit, so the bound is K blocks per row (the data decide how many of them
+    coincide; `benchmarks/routing.py` measures it)."""
     return _routed_rows(block_map, _kept_map(block_map))
+
+
+def _overlap(length: int, tile: int) -> int:
+    """The most units of `length` positions that one tile of `tile` positions overlaps (both
+    aligned at 0): one more than ceil(tile / length) unless one divides the other."""
+    aligned = length % tile == 0 or tile % length == 0
+    return -(-tile // length) + (0 if aligned else 1)
 
 
 def _routed_rows(block_map, kept_map: np.ndarray) -> np.ndarray:
@@ -169,17 +190,19 @@ def _routed_rows(block_map, kept_map: np.ndarray) -> np.ndarray:
     static = (block_map.kinds != 0).sum(-1)
     kept = (kept_map != 0).sum(-1)
     kept = np.broadcast_to(kept, np.broadcast_shapes(kept.shape, static.shape))
-    unit = route.query_block  # selections a query tile holds: one per routing unit it overlaps
-    units_of = 1 if unit == 1 else -(-block_map.block_q // unit) + (unit % block_map.block_q != 0)
-    tiles_per_block = -(-route.block // block_map.block_k) + (route.block % block_map.block_k != 0)
-    return np.minimum(static, kept + route.top * units_of * tiles_per_block)
+    units = _overlap(route.query_block, block_map.block_q)   # routing units a query tile holds
+    tiles_per_block = _overlap(block_map.block_k, route.block)  # key tiles one block spans
+    return np.minimum(static, kept + route.top * units * tiles_per_block)
 
 
 def routed_kinds(block_map) -> np.ndarray:
     """A tile map with each row's routed bound of tiles (what the simulator prices): the kept
-    tiles, then the row's other static tiles in order, all PARTIAL (the routed mask is evaluated)."""
-    from .analysis import EMPTY, PARTIAL
-    static = block_map.kinds
+    tiles, then the row's other static tiles in order. A routed tile is PARTIAL (the selection
+    is read per pair) unless it lies in one routing unit and one block, whose selection is
+    all or nothing: then it keeps its static kind, as the kernels' tables do."""
+    from .analysis import EMPTY, FULL, PARTIAL
+    route = block_map.pattern.route
+    static = block_map.ragged_partial_kinds
     kept_map = _kept_map(block_map)  # analyzed once, for the tiles and for the budget
     kept = np.broadcast_to(kept_map != EMPTY, static.shape)
     budget = _routed_rows(block_map, kept_map)
@@ -187,8 +210,12 @@ def routed_kinds(block_map) -> np.ndarray:
     others = (static != EMPTY) & ~kept
     extra = np.maximum(budget - kept.sum(-1), 0)
     rank = np.cumsum(others, axis=-1)
-    chosen = kept | (others & (rank <= extra[..., None]))
-    return np.where(chosen, PARTIAL, EMPTY).astype(np.int8)
+    chosen = others & (rank <= extra[..., None])
+    whole = route.query_block % block_map.block_q == 0 and route.block % block_map.block_k == 0
+    kept_full = np.broadcast_to(kept_map == FULL, static.shape) & (static == FULL)
+    routed_kind = np.where(static == FULL, FULL, PARTIAL) if whole else PARTIAL
+    kinds = np.where(chosen, routed_kind, EMPTY)
+    return np.where(kept, np.where(kept_full, FULL, PARTIAL), kinds).astype(np.int8)
 
 
 def selection_seconds(hw, route: ir.RouteIR, seq_q: int, seq_k: int, batch: int, heads: int, head_dim: int,

@@ -404,6 +404,22 @@ def _passes(bm: int, bn: int, backward: bool) -> list[tuple[str, float, int, boo
     return passes
 
 
+# The routed mask of `_allowed` in the kernel template, counted op by op: per row, ROUTE_TOP
+# iterations of load, subtract, two compares, shift, select and or build the row's bitmask of
+# the tile's chosen blocks; per pair, the key's block (a division by a constant, per column),
+# a shift, an and, a compare, an or with keep and an and with the mask.
+ROUTE_ROW_OPS = 7
+ROUTE_PAIR_OPS = 5
+
+
+def routed_mask_cost(route: ir.RouteIR, block: tuple[int, int]) -> float:
+    """Thread instructions per pair that a PARTIAL tile of a routed pattern adds to its mask."""
+    bm, bn = block
+    per_row = ROUTE_ROW_OPS * route.top / bn
+    per_column = OP_COST[_Op.FLOOR_DIV] / bm
+    return ROUTE_PAIR_OPS + per_row + per_column + ir_cost(route.keep, block)
+
+
 class _ModelInstructions:
     """Warp instructions of one tile-loop iteration, FULL and PARTIAL, counted from the IR."""
 
@@ -411,6 +427,8 @@ class _ModelInstructions:
         self.pairs = bm * bn
         self.logit = ir_cost(pattern.logit, (bm, bn))
         self.mask = 0.0 if partial_as_full else MASK_BASE + ir_cost(pattern.mask, (bm, bn))
+        if pattern.route is not None and not partial_as_full:
+            self.mask += routed_mask_cost(pattern.route, (bm, bn))
 
     def full(self, kernel: str) -> float:
         logit = self.logit if kernel == "forward" else BACKWARD_LOGIT * self.logit

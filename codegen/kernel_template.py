@@ -20,8 +20,12 @@ Glossary:
                    their indices, ascending. FULL tiles lie wholly inside both lengths and
                    allow every pair: no mask, no bounds, no masked loads. PARTIAL tiles (a
                    tile cut by a ragged end is one) evaluate the mask and the bounds.
-    MAP_HEADS      HEADS when the mask reads h, else 1 (rows of the block tables)
-    MAP_BATCH      batch entries with their own block map (the mask reads b, or per-batch inputs)
+    MAP_HEADS      HEADS when the mask (or a routing's keep) reads h, or the tables are a
+                   selection's; else 1 (rows of the block tables)
+    MAP_BATCH      batch entries with their own block map (the mask reads b, per-batch inputs,
+                   or a selection's tables)
+    CHOSEN         a routed pattern's selection: int32 (batch, heads / ROUTE_SHARE, units,
+                   ROUTE_TOP) key-block indices per query unit (ROUTE_QBLOCK tokens), -1 for none
     GROUP          query heads per key/value head (grouped-query attention)
     INPUTS         the runtime inputs stacked: int64 (inputs, rows, tokens); the pattern reads
                    input i of batch entry b at INPUTS_B + i * stride_input, where INPUTS_B is
@@ -49,6 +53,7 @@ MASK_READS_BATCH = False
 INPUT_NAMES = ()
 INPUT_READS = ""
 BLOCK = (64, 64)
+ROUTE = None
 
 
 @triton.jit
@@ -70,6 +75,11 @@ def _dlogit(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
 def _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, INPUT_LENGTHS,
                       HEADS: tl.constexpr):
     return k_pos >= 0
+
+
+@triton.jit
+def _keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS: tl.constexpr):
+    return k_pos < 0
 
 
 LOGIT_IS_SCORE = tl.constexpr(True)  # True: _logit2 is the identity and _dlogit 1
@@ -154,6 +164,34 @@ def _hash_step(h, a):
     return x ^ (x >> 16)
 
 
+# -- the mask of a PARTIAL tile -------------------------------------------------------------------
+
+@triton.jit
+def _allowed(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
+             HEADS: tl.constexpr, ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr, ROUTE_BLOCK: tl.constexpr):
+    """The pattern's mask; routed (ROUTE_TOP > 0): mask AND (selected OR keep), where a pair is
+    selected when its key block is one of the ROUTE_TOP blocks its query unit chose."""
+    allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+    if ROUTE_TOP > 0:
+        unit = q_pos // ROUTE_QBLOCK  # positions are >= 0: // is floor
+        block = k_pos // ROUTE_BLOCK
+        selected = (q_pos < 0) & (k_pos < 0)
+        for t in range(ROUTE_TOP):  # CHOSEN_BH: (units, ROUTE_TOP) block indices, -1 where none
+            chosen = tl.load(CHOSEN_BH + unit * ROUTE_TOP + t, mask=q_pos < N_Q, other=-1)
+            selected = selected | (chosen == block)
+        keep = _keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+        allowed = allowed & (selected | keep)
+    return allowed
+
+
+@triton.jit
+def _chosen_row(CHOSEN, off_b, off_h, N_Q, HEADS: tl.constexpr, ROUTE_TOP: tl.constexpr,
+                ROUTE_QBLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
+    """The selection of head off_h's share group: its (units, ROUTE_TOP) rows of CHOSEN."""
+    units = tl.cdiv(N_Q, ROUTE_QBLOCK)
+    return CHOSEN + (off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE) * units * ROUTE_TOP
+
+
 # -- loads ----------------------------------------------------------------------------------------
 
 @triton.jit
@@ -194,9 +232,10 @@ def _table_row(start, off_b, off_h, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.const
 
 @triton.jit
 def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos, off_b, off_h, N_Q, N_K,
-                   qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn, stride_vn,
+                   qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH, stride_kn, stride_vn,
                    HEADS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                   PARTIAL: tl.constexpr, BOUNDED: tl.constexpr, PRECISION: tl.constexpr):
+                   PARTIAL: tl.constexpr, BOUNDED: tl.constexpr, PRECISION: tl.constexpr,
+                   ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr, ROUTE_BLOCK: tl.constexpr):
     """The online softmax over the tiles of one table (FULL or PARTIAL) of this tile row.
     BOUNDED: check the lengths (PARTIAL tiles of a launch whose lengths are not whole tiles)."""
     for i in range(tl.load(NUM + row)):
@@ -212,7 +251,8 @@ def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos
             score = _logit2(qk * qk_scale, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
                             HEADS)
             if PARTIAL:
-                allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+                allowed = _allowed(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                                   CHOSEN_BH, HEADS, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
                 if BOUNDED:  # rows past N_Q are never stored: only the keys need the bound
                     allowed = allowed & (k_pos < N_K)
                 score = tl.where(allowed, score, float("-inf"))
@@ -229,12 +269,14 @@ def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos
 
 @triton.jit
 def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NUM, PART_IDX, part_width,
-                      INPUTS, stride_input, stride_input_b, INPUT_LEN, sm_scale, N_Q, N_K,
+                      INPUTS, stride_input, stride_input_b, INPUT_LEN, CHOSEN, sm_scale, N_Q, N_K,
                       stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                       stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                       HEADS: tl.constexpr, GROUP: tl.constexpr, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
                       HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr, PRECISION: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr, PRECISION: tl.constexpr,
+                      ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr, ROUTE_BLOCK: tl.constexpr,
+                      ROUTE_SHARE: tl.constexpr):
     start_m = tl.program_id(0)
     off_b = tl.program_id(1) // HEADS
     off_h = tl.program_id(1) % HEADS
@@ -246,6 +288,7 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
     K_head = K + off_b * stride_kb + off_kvh * stride_kh
     V_head = V + off_b * stride_vb + off_kvh * stride_vh
     INPUTS_B = INPUTS + off_b * stride_input_b
+    CHOSEN_BH = _chosen_row(CHOSEN, off_b, off_h, N_Q, HEADS, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_SHARE)
     qk_scale = sm_scale * LOG2E
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -253,14 +296,14 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
     row = _table_row(start_m, off_b, off_h, MAP_HEADS, MAP_BATCH)
     # -- full tiles: no mask, no bounds --
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, K_head, V_head, FULL_NUM, FULL_IDX, full_width, row, q_pos,
-                                   off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN,
+                                   off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
                                    stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, False,
-                                   PRECISION)
+                                   PRECISION, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
     # -- partial tiles: the pattern's mask --
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, K_head, V_head, PART_NUM, PART_IDX, part_width, row, q_pos,
-                                   off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN,
+                                   off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
                                    stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, RAGGED,
-                                   PRECISION)
+                                   PRECISION, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
     # -- epilogue: fully masked rows give 0 and -inf; the LSE back in natural units --
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -275,8 +318,9 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
 
 @triton.jit
 def _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                   stride_input, INPUT_LEN, HEADS: tl.constexpr, PARTIAL: tl.constexpr, BOUNDED: tl.constexpr,
-                   PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr):
+                   stride_input, INPUT_LEN, CHOSEN_BH, HEADS: tl.constexpr, PARTIAL: tl.constexpr,
+                   BOUNDED: tl.constexpr, PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr,
+                   ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr, ROUTE_BLOCK: tl.constexpr):
     """Recompute the probabilities of one tile; return them and dS (w.r.t. the natural score)."""
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     score = qk * qk_scale
@@ -284,7 +328,8 @@ def _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_
         score = _logit2(score, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
     p = tl.math.exp2(score - lse2[:, None])
     if PARTIAL:
-        allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+        allowed = _allowed(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
+                           HEADS, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
         if BOUNDED:  # both: a padded row's LSE reads 0, and dK/dV sum over rows
             allowed = allowed & (k_pos < N_K) & (q_pos < N_Q)
         p = tl.where(allowed, p, 0.0)
@@ -308,10 +353,11 @@ def _row_statistics(Lse, Delta, rows, valid):
 
 @triton.jit
 def _backward_kv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, NUM, IDX, width, row, k_pos, off_b, off_h, N_Q, N_K,
-                       qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_qm,
+                       qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH, stride_qm,
                        HEADS: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
                        HEAD_DIM_P: tl.constexpr, PARTIAL: tl.constexpr, BOUNDED: tl.constexpr,
-                       PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr):
+                       PRECISION: tl.constexpr, LOGIT_IS_SCORE: tl.constexpr,
+                       ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr, ROUTE_BLOCK: tl.constexpr):
     """dK and dV of one key tile from the query tiles of one transposed table."""
     for i in range(tl.load(NUM + row)):
         first, count = _table_entry(IDX, width, row, i, PARTIAL)
@@ -322,7 +368,8 @@ def _backward_kv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, NUM, IDX, width, row, k_
             do = _load_tile(DO, offs_m, N_Q, stride_qm, HEAD_DIM, HEAD_DIM_P, BOUNDED)
             lse2, delta = _row_statistics(Lse, Delta, offs_m, offs_m < N_Q)
             p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                                   stride_input, INPUT_LEN, HEADS, PARTIAL, BOUNDED, PRECISION, LOGIT_IS_SCORE)
+                                   stride_input, INPUT_LEN, CHOSEN_BH, HEADS, PARTIAL, BOUNDED, PRECISION,
+                                   LOGIT_IS_SCORE, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     return dk, dv
@@ -330,14 +377,15 @@ def _backward_kv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, NUM, IDX, width, row, k_
 
 @triton.jit
 def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, full_width, PART_NUM, PART_IDX,
-                          part_width, INPUTS, stride_input, stride_input_b, INPUT_LEN, sm_scale, N_Q, N_K,
+                          part_width, INPUTS, stride_input, stride_input_b, INPUT_LEN, CHOSEN, sm_scale, N_Q, N_K,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn,
                           HEADS: tl.constexpr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
                           MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
                           HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr,
-                          PRECISION: tl.constexpr):
+                          PRECISION: tl.constexpr, ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr,
+                          ROUTE_BLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
     """dK and dV of one key tile: the query tiles of the transposed tables, every head of the group."""
     start_n = tl.program_id(0)
     off_b = tl.program_id(1) // HEADS_KV
@@ -356,14 +404,17 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
         row = _table_row(start_n, off_b, off_h, MAP_HEADS, MAP_BATCH)
         head = off_b * stride_qb + off_h * stride_qh
         stats = (off_b * HEADS + off_h) * N_Q
+        CHOSEN_BH = _chosen_row(CHOSEN, off_b, off_h, N_Q, HEADS, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_SHARE)
         dk, dv = _backward_kv_tiles(dk, dv, k, v, Q + head, DO + head, Lse + stats, Delta + stats, FULL_NUM,
                                     FULL_IDX, full_width, row, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                                    stride_input, INPUT_LEN, stride_qm, HEADS, BLOCK_M, HEAD_DIM, HEAD_DIM_P,
-                                    False, False, PRECISION, LOGIT_IS_SCORE)
+                                    stride_input, INPUT_LEN, CHOSEN_BH, stride_qm, HEADS, BLOCK_M, HEAD_DIM,
+                                    HEAD_DIM_P, False, False, PRECISION, LOGIT_IS_SCORE, ROUTE_TOP, ROUTE_QBLOCK,
+                                    ROUTE_BLOCK)
         dk, dv = _backward_kv_tiles(dk, dv, k, v, Q + head, DO + head, Lse + stats, Delta + stats, PART_NUM,
                                     PART_IDX, part_width, row, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                                    stride_input, INPUT_LEN, stride_qm, HEADS, BLOCK_M, HEAD_DIM, HEAD_DIM_P,
-                                    True, RAGGED, PRECISION, LOGIT_IS_SCORE)
+                                    stride_input, INPUT_LEN, CHOSEN_BH, stride_qm, HEADS, BLOCK_M, HEAD_DIM,
+                                    HEAD_DIM_P, True, RAGGED, PRECISION, LOGIT_IS_SCORE, ROUTE_TOP, ROUTE_QBLOCK,
+                                    ROUTE_BLOCK)
     kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
     out = off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -372,10 +423,11 @@ def attention_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, FULL_NUM, FULL_IDX, f
 
 @triton.jit
 def _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, NUM, IDX, width, row, q_pos, off_b, off_h, N_Q,
-                      N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn, stride_vn,
+                      N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH, stride_kn, stride_vn,
                       HEADS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
                       PARTIAL: tl.constexpr, BOUNDED: tl.constexpr, PRECISION: tl.constexpr,
-                      LOGIT_IS_SCORE: tl.constexpr):
+                      LOGIT_IS_SCORE: tl.constexpr, ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr,
+                      ROUTE_BLOCK: tl.constexpr):
     """dQ of one query tile from the key tiles of one forward table."""
     for i in range(tl.load(NUM + row)):
         first, count = _table_entry(IDX, width, row, i, PARTIAL)
@@ -385,20 +437,22 @@ def _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, NUM, IDX, width, r
             k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, BOUNDED)
             v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, BOUNDED)
             p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B,
-                                   stride_input, INPUT_LEN, HEADS, PARTIAL, BOUNDED, PRECISION, LOGIT_IS_SCORE)
+                                   stride_input, INPUT_LEN, CHOSEN_BH, HEADS, PARTIAL, BOUNDED, PRECISION,
+                                   LOGIT_IS_SCORE, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return dq
 
 
 @triton.jit
 def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_width, PART_NUM, PART_IDX,
-                         part_width, INPUTS, stride_input, stride_input_b, INPUT_LEN, sm_scale, N_Q, N_K,
+                         part_width, INPUTS, stride_input, stride_input_b, INPUT_LEN, CHOSEN, sm_scale, N_Q, N_K,
                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                          stride_vb, stride_vh, stride_vn,
                          HEADS: tl.constexpr, GROUP: tl.constexpr, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.constexpr,
                          HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         PRECISION: tl.constexpr, ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr,
+                         ROUTE_BLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
     """dQ of one query tile, over the key tiles of the forward tables (no atomics: deterministic)."""
     start_m = tl.program_id(0)
     off_b = tl.program_id(1) // HEADS
@@ -414,17 +468,18 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
     K_head = K + off_b * stride_kb + off_kvh * stride_kh
     V_head = V + off_b * stride_vb + off_kvh * stride_vh
     INPUTS_B = INPUTS + off_b * stride_input_b
+    CHOSEN_BH = _chosen_row(CHOSEN, off_b, off_h, N_Q, HEADS, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_SHARE)
     qk_scale = sm_scale * LOG2E
     dq = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
     row = _table_row(start_m, off_b, off_h, MAP_HEADS, MAP_BATCH)
     dq = _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, FULL_NUM, FULL_IDX, full_width, row, q_pos,
-                           off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn,
-                           stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, False, PRECISION,
-                           LOGIT_IS_SCORE)
+                           off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
+                           stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, False, False, PRECISION,
+                           LOGIT_IS_SCORE, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
     dq = _backward_q_tiles(dq, q, do, lse2, delta, K_head, V_head, PART_NUM, PART_IDX, part_width, row, q_pos,
-                           off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, stride_kn,
-                           stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, RAGGED, PRECISION,
-                           LOGIT_IS_SCORE)
+                           off_b, off_h, N_Q, N_K, qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
+                           stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, RAGGED, PRECISION,
+                           LOGIT_IS_SCORE, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
     q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(DQ + head + offs_m[:, None] * stride_qm + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=q_mask)
@@ -433,24 +488,37 @@ def attention_backward_q(Q, K, V, DO, Lse, Delta, DQ, FULL_NUM, FULL_IDX, full_w
 # -- block tables on the device -------------------------------------------------------------------
 
 @triton.jit
-def classify_tiles(Kinds, INPUTS, stride_input, stride_input_b, INPUT_LEN, INPUT_LENGTHS, N_Q, N_K,
-                   HEADS: tl.constexpr, MAP_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Kinds[(b, h), m, n] = 0 empty / 1 partial / 2 full, by evaluating the mask on the tile. A
-    tile cut by a ragged end is partial; OUT_OF_RANGE where an input index leaves its input."""
+def classify_tiles(Kinds, INPUTS, stride_input, stride_input_b, INPUT_LEN, INPUT_LENGTHS, N_Q, N_K, TILE_M, TILE_N,
+                   HEADS: tl.constexpr, MAP_HEADS: tl.constexpr, PAIRS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """Kinds[(b, h), m, n] = 0 empty / 1 partial / 2 full, by evaluating the mask on the tile of
+    TILE_M x TILE_N pairs, BLOCK_M x BLOCK_N at a time. PAIRS: 0 the mask, 1 the mask AND keep,
+    2 the mask AND NOT keep (a routing's candidates). A tile cut by a ragged end is partial;
+    OUT_OF_RANGE where an input index leaves its input."""
     start_m = tl.program_id(0)
     start_n = tl.program_id(1)
     off_b = tl.program_id(2) // MAP_HEADS
     off_h = tl.program_id(2) % MAP_HEADS
-    q_pos = (start_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-    k_pos = (start_n * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]
     INPUTS_B = INPUTS + off_b * stride_input_b
-    inside = (q_pos < N_Q) & (k_pos < N_K)
-    allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS) & inside
-    count = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
-    kind = tl.where(count == 0, 0, tl.where(count == BLOCK_M * BLOCK_N, 2, 1))
-    in_range = _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
-                                 INPUT_LENGTHS, HEADS) | ~inside
-    kind = tl.where(tl.min(tl.min(in_range.to(tl.int32), 1), 0) == 0, 3, kind)  # 3: OUT_OF_RANGE
+    end_m = tl.minimum(N_Q, (start_m + 1) * TILE_M)
+    end_n = tl.minimum(N_K, (start_n + 1) * TILE_N)
+    count = 0
+    out_of_range = 0
+    for m0 in range(start_m * TILE_M, (start_m + 1) * TILE_M, BLOCK_M):
+        for n0 in range(start_n * TILE_N, (start_n + 1) * TILE_N, BLOCK_N):
+            q_pos = (m0 + tl.arange(0, BLOCK_M))[:, None]
+            k_pos = (n0 + tl.arange(0, BLOCK_N))[None, :]
+            inside = (q_pos < end_m) & (k_pos < end_n)
+            allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS) & inside
+            if PAIRS != 0:
+                keep = _keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+                allowed = allowed & (keep if PAIRS == 1 else ~keep)
+            count += tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
+            in_range = _indices_in_range(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                                         INPUT_LENGTHS, HEADS) | ~inside
+            out_of_range = tl.maximum(out_of_range, 1 - tl.min(tl.min(in_range.to(tl.int32), 1), 0))
+    kind = tl.where(count == 0, 0, tl.where(count == TILE_M * TILE_N, 2, 1))
+    kind = tl.where(out_of_range != 0, 3, kind)  # 3: OUT_OF_RANGE
     tl.store(Kinds + (tl.program_id(2) * tl.num_programs(0) + start_m) * tl.num_programs(1) + start_n, kind)
 
 
@@ -491,35 +559,362 @@ def stack_inputs(inputs, device):
     return stacked, (tokens if rows > 1 else 0), tokens, lengths
 
 
-def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=BLOCK[1], batch=1):
-    """Block tables on the device: forward (by query tile) and backward (by key tile); one map per
-    batch entry when the mask reads b or an input has a row per batch entry."""
+def _map_extent(heads, inputs, batch, device):
+    """Stacked inputs, and the block maps' batch entries and heads: one map per batch entry when
+    the mask reads b or an input has a row per batch entry, per head when the mask reads h."""
     map_heads = heads if MASK_READS_HEAD else 1
-    stacked, stride_b, length, lengths = stack_inputs(inputs, device)
-    batches = stacked.shape[1] if stride_b else (batch if MASK_READS_BATCH else 1)
-    tiles_m, tiles_n = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
+    stacked = stack_inputs(inputs, device)
+    batches = stacked[0].shape[1] if stacked[1] else (batch if MASK_READS_BATCH else 1)
+    return stacked, batches, map_heads
+
+
+def classify(seq_q, seq_k, heads, inputs, device, tile_m, tile_n, batch=1, pairs=0):
+    """Tile kinds (map batch, map heads, tiles_m, tiles_n) on the device, tiles of tile_m x tile_n
+    pairs (`classify_tiles`; `pairs` as there)."""
+    (stacked, stride_b, length, lengths), batches, map_heads = _map_extent(heads, inputs, batch, device)
+    tiles_m, tiles_n = triton.cdiv(seq_q, tile_m), triton.cdiv(seq_k, tile_n)
     kinds = torch.empty((batches * map_heads, tiles_m, tiles_n), dtype=torch.int8, device=device)
     classify_tiles[(tiles_m, tiles_n, batches * map_heads)](
-        kinds, stacked, stacked.shape[1] * stacked.shape[2], stride_b, length, lengths, seq_q, seq_k,
-        HEADS=heads, MAP_HEADS=map_heads, BLOCK_M=block_m, BLOCK_N=block_n)
+        kinds, stacked, stacked.shape[1] * stacked.shape[2], stride_b, length, lengths, seq_q, seq_k, tile_m, tile_n,
+        HEADS=heads, MAP_HEADS=map_heads, PAIRS=pairs, BLOCK_M=min(64, triton.next_power_of_2(tile_m)),
+        BLOCK_N=min(64, triton.next_power_of_2(tile_n)))
     kinds = kinds.view(batches, map_heads, tiles_m, tiles_n)
     if bool((kinds == OUT_OF_RANGE).any()):
         raise IndexError("an input index is out of range at some pair of the matrix (masked or not); clamp it "
                          f"(the pattern reads {INPUT_READS})")
+    return kinds
+
+
+def tables_of(kinds):
+    """The kernels' forward (by query tile) and backward (by key tile) tables of a tile map
+    (map batch, map heads, tiles_m, tiles_n)."""
     transposed = kinds.transpose(-1, -2).contiguous()
     return {"forward": _kernel_tables(kinds), "backward": _kernel_tables(transposed),
-            "map_batch": batches, "map_heads": map_heads}
+            "map_batch": kinds.shape[0], "map_heads": kinds.shape[1]}
+
+
+def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=BLOCK[1], batch=1):
+    """Block tables on the device: forward (by query tile) and backward (by key tile); one map per
+    batch entry when the mask reads b or an input has a row per batch entry."""
+    return tables_of(classify(seq_q, seq_k, heads, inputs, device, block_m, block_n, batch))
+
+
+# -- routing: the selection stage on the device ---------------------------------------------------
+# A routed pattern (ROUTE is not None) allows mask AND (selected OR keep). Before attention, on the
+# device: `route_pool` summarizes each key block (and for qpool = mean each query block);
+# `route_select` scores each query unit's candidate blocks (mask AND NOT keep has a pair there)
+# against the summaries and keeps the best ROUTE["top"] in registers while it streams over the
+# key blocks, so no units x blocks score matrix is ever stored (memory: units x top indices);
+# `routed_kinds` turns the chosen blocks into the tile map whose tables the kernels walk. The
+# selection is not differentiated: gradients flow through the attention of the chosen blocks.
+
+POOLS = {"mean": 0, "max": 1, "last": 2, "min": 3}
+NONE_CHOSEN = -1  # a unit with fewer candidates than top: its remaining slots
+
+
+@triton.jit
+def route_pool(X, Out, N, BLOCKS, SIZE, POOL: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
+               HEAD_DIM_P: tl.constexpr):
+    """Out[(b, h), j] = the summary of rows [j * SIZE, (j + 1) * SIZE) of X[(b, h)], cut at N: their
+    mean, channel-wise max or min, or the last row. X: contiguous (B * H, N, HEAD_DIM); Out:
+    float32 (B * H, BLOCKS, HEAD_DIM_P), padded channels 0."""
+    j = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    first = j * SIZE
+    end = tl.minimum(first + SIZE, N)
+    X_head = X + head.to(tl.int64) * N * HEAD_DIM
+    if POOL == 2:
+        summary = tl.load(X_head + (end - 1) * HEAD_DIM + offs_d, mask=offs_d < HEAD_DIM, other=0.0).to(tl.float32)
+    else:
+        fill = 0.0
+        if POOL == 1:
+            fill = float("-inf")
+        if POOL == 3:
+            fill = float("inf")
+        summary = tl.full([HEAD_DIM_P], fill, tl.float32)
+        for start in range(first, end, CHUNK):
+            rows = start + tl.arange(0, CHUNK)
+            mask = (rows < end)[:, None] & (offs_d < HEAD_DIM)[None, :]
+            x = tl.load(X_head + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=fill).to(tl.float32)
+            if POOL == 0:
+                summary += tl.sum(x, 0)
+            elif POOL == 1:
+                summary = tl.maximum(summary, tl.max(x, 0))
+            else:
+                summary = tl.minimum(summary, tl.min(x, 0))
+        if POOL == 0:
+            summary = summary / (end - first).to(tl.float32)
+    tl.store(Out + (head * BLOCKS + j) * HEAD_DIM_P + offs_d, tl.where(offs_d < HEAD_DIM, summary, 0.0))
+
+
+@triton.jit
+def _summary_scores(rows, low, high, MINMAX: tl.constexpr):
+    """rows (U, D) against key-block summaries (J, D): rows . summary, or for min/max summaries
+    Quest's bound sum_d max(q_d min_d, q_d max_d) = relu(q) . max + min(q, 0) . min."""
+    if MINMAX:
+        return (tl.dot(tl.maximum(rows, 0.0), tl.trans(high), input_precision="ieee")
+                + tl.dot(tl.minimum(rows, 0.0), tl.trans(low), input_precision="ieee"))
+    return tl.dot(rows, tl.trans(high), input_precision="ieee")
+
+
+@triton.jit
+def _head_scores(QU, stride_unit, head_row, units, low, high, N_Q, UNITS, QBLOCK: tl.constexpr,
+                 QPOOL_MAX: tl.constexpr, MINMAX: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                 UNITS_P: tl.constexpr, CHUNK_J: tl.constexpr):
+    """One head's scores of its units against a chunk of key blocks, (UNITS_P, CHUNK_J). QU holds
+    a row per unit (the query itself per token, or the query block's mean), or for qpool = max
+    the queries, whose scores' max over each unit is its score."""
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    channels = (offs_d < HEAD_DIM)[None, :]
+    if QPOOL_MAX:
+        best = tl.full([UNITS_P, CHUNK_J], float("-inf"), tl.float32)
+        for t in range(QBLOCK):
+            rows = units * QBLOCK + t
+            valid = rows < N_Q
+            x = tl.load(QU + (head_row * N_Q + rows[:, None]) * stride_unit + offs_d[None, :],
+                        mask=valid[:, None] & channels, other=0.0).to(tl.float32)
+            best = tl.maximum(best, tl.where(valid[:, None], _summary_scores(x, low, high, MINMAX), float("-inf")))
+        return best
+    x = tl.load(QU + (head_row * UNITS + units[:, None]) * stride_unit + offs_d[None, :],
+                mask=(units < UNITS)[:, None] & channels, other=0.0).to(tl.float32)
+    return _summary_scores(x, low, high, MINMAX)
+
+
+@triton.jit
+def _candidates(CAND, cand_rows, map_row, tile, units, j0, blocks, off_b, off_h, N_Q, N_K, UNITS, BLOCKS,
+                INPUTS_B, stride_input, INPUT_LEN, HEADS: tl.constexpr, BLOCK: tl.constexpr,
+                PER_TOKEN: tl.constexpr, CHUNK_J: tl.constexpr, CHUNK_N: tl.constexpr):
+    """Which (unit, block) pairs of the chunk of blocks from j0 are candidates: mask AND NOT keep
+    has a pair there. CAND holds their kinds per (unit, block), exact; per token, per (tile of
+    units, block), and a PARTIAL entry is decided row by row on the block's pairs."""
+    valid = (units < UNITS)[:, None] & (blocks < BLOCKS)[None, :]
+    if not PER_TOKEN:
+        kind = tl.load(CAND + (map_row * cand_rows + units[:, None]) * BLOCKS + blocks[None, :], mask=valid, other=0)
+        return valid & (kind != 0)
+    row = CAND + (map_row * cand_rows + tile) * BLOCKS
+    kinds = tl.load(row + blocks, mask=blocks < BLOCKS, other=0)
+    candidate = valid & (kinds == 2)[None, :]
+    q_pos = units[:, None]
+    for c in range(CHUNK_J):
+        block = j0 + c
+        kind = tl.load(row + block, mask=block < BLOCKS, other=0)
+        if kind == 1:
+            end = tl.minimum((block + 1) * BLOCK, N_K)
+            open_row = q_pos < 0
+            for n0 in range(block * BLOCK, end, CHUNK_N):
+                k_pos = (n0 + tl.arange(0, CHUNK_N))[None, :]
+                pairs = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+                pairs = pairs & ~_keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                                       HEADS) & (k_pos < end)
+                open_row = open_row | (tl.max(pairs.to(tl.int32), 1) > 0)[:, None]
+            candidate = candidate | (open_row & (blocks == block)[None, :] & valid)
+    return candidate
+
+
+@triton.jit
+def _pack(score, blocks):
+    """(score, block) as one int64 ordered by score, then by the lower block: an order-preserving
+    int32 of the float in the high word, 2**31 - 1 - block in the low one."""
+    bits = (score + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 ties with 0.0
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (key.to(tl.int64) << 32) | (0x7FFFFFFF - blocks).to(tl.int64)
+
+
+@triton.jit
+def _unpack(packed):
+    key = (packed >> 32).to(tl.int32)
+    score = tl.where(key < 0, key ^ 0x7FFFFFFF, key).to(tl.float32, bitcast=True)
+    return score, (0x7FFFFFFF - (packed & 0x7FFFFFFF)).to(tl.int32)
+
+
+@triton.jit
+def route_select(QU, stride_unit, LOW, HIGH, CAND, cand_rows, Chosen, INPUTS, stride_input, stride_input_b,
+                 INPUT_LEN, top_p, N_Q, N_K, UNITS, BLOCKS,
+                 HEADS: tl.constexpr, HEADS_KV: tl.constexpr, SHARE: tl.constexpr, MAP_HEADS: tl.constexpr,
+                 MAP_BATCH: tl.constexpr, TOP: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr,
+                 QBLOCK: tl.constexpr, QPOOL_MAX: tl.constexpr, MINMAX: tl.constexpr, PER_TOKEN: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, UNITS_P: tl.constexpr, KP: tl.constexpr,
+                 CHUNK_J: tl.constexpr, CHUNK_N: tl.constexpr):
+    """Chosen[(b, share group), unit] = the TOP candidate key blocks with the highest scores (summed
+    over the SHARE heads of the group), best first, ties to the lower block, NONE_CHOSEN where
+    fewer; TOP_P: only while the softmax mass of the unit's candidates before a block is below
+    top_p. The best KP are kept packed in registers and merged with each chunk of blocks."""
+    tile = tl.program_id(0)
+    off_b = tl.program_id(1) // (HEADS // SHARE)
+    group = tl.program_id(1) % (HEADS // SHARE)
+    units = tile * UNITS_P + tl.arange(0, UNITS_P)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    INPUTS_B = INPUTS + off_b * stride_input_b
+    best = tl.full([UNITS_P, KP], -9223372036854775808, tl.int64)  # below every packed score
+    m_i = tl.full([UNITS_P], float("-inf"), tl.float32)
+    l_i = tl.zeros([UNITS_P], tl.float32)
+    for j0 in range(0, BLOCKS, CHUNK_J):
+        blocks = j0 + tl.arange(0, CHUNK_J)
+        scores = tl.zeros([UNITS_P, CHUNK_J], tl.float32)
+        candidate = (units < 0)[:, None] & (blocks < 0)[None, :]
+        for g in range(SHARE):
+            off_h = group * SHARE + g
+            kv_row = (off_b * HEADS_KV + off_h // (HEADS // HEADS_KV)) * BLOCKS + blocks
+            summary = kv_row[:, None] * HEAD_DIM_P + offs_d[None, :]
+            high = tl.load(HIGH + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
+            low = high
+            if MINMAX:
+                low = tl.load(LOW + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
+            scores += _head_scores(QU, stride_unit, off_b * HEADS + off_h, units, low, high, N_Q, UNITS, QBLOCK,
+                                   QPOOL_MAX, MINMAX, HEAD_DIM, HEAD_DIM_P, UNITS_P, CHUNK_J)
+            map_row = 0
+            if MAP_BATCH > 1:
+                map_row = off_b * MAP_HEADS
+            if MAP_HEADS > 1:
+                map_row = map_row + off_h
+            candidate = candidate | _candidates(CAND, cand_rows, map_row, tile, units, j0, blocks, off_b, off_h,
+                                                N_Q, N_K, UNITS, BLOCKS, INPUTS_B, stride_input, INPUT_LEN, HEADS,
+                                                BLOCK, PER_TOKEN, CHUNK_J, CHUNK_N)
+        scores = tl.where(candidate, scores, float("-inf"))
+        if TOP_P:  # the running log-sum-exp of the candidates' scores
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(scores - m_safe[:, None]), 1)
+            m_i = m_new
+        chunk_best = tl.topk(_pack(scores, blocks[None, :]), KP, dim=1)
+        best = tl.topk(tl.reshape(tl.join(best, chunk_best), [UNITS_P, 2 * KP]), KP, dim=1)
+    score, block = _unpack(best)
+    rank = tl.arange(0, KP)[None, :]
+    chosen = (score > float("-inf")) & (rank < TOP)
+    if TOP_P:
+        lse = m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i))
+        mass = tl.where(chosen, tl.exp(score - lse[:, None]), 0.0)
+        chosen = chosen & (tl.cumsum(mass, 1) - mass < top_p)
+    out = Chosen + (tl.program_id(1) * UNITS + units[:, None]).to(tl.int64) * TOP + rank
+    tl.store(out, tl.where(chosen, block, NONE_CHOSEN), mask=(units < UNITS)[:, None] & (rank < TOP))
+
+
+def _shared_heads(heads, heads_kv):
+    """Query heads one selection serves: 1, a GQA group, or all."""
+    return {"head": 1, "group": heads // heads_kv, "all": heads}[ROUTE["share"]]
+
+
+def route_candidates(seq_q, seq_k, heads, inputs, device, batch=1):
+    """The routing's candidate kinds on the device (classify_tiles, mask AND NOT keep): per (unit,
+    key block), or per token routing per (tile of ROUTE_UNITS tokens, key block)."""
+    rows = ROUTE_UNITS if ROUTE["qblock"] == 1 else ROUTE["qblock"]
+    return classify(seq_q, seq_k, heads, inputs, device, rows, ROUTE["block"], batch, pairs=2)
+
+
+ROUTE_UNITS = 64  # query units a selection program scores: tokens, or 16 query blocks
+
+
+def select(q, k, inputs, candidates):
+    """The selection of contiguous q and k: int32 (B, H / shared heads, units, top), chosen key
+    blocks best first, NONE_CHOSEN where a unit has fewer candidates. `candidates` as
+    `route_candidates` returns them (map batch, map heads, rows, key blocks), or the analysis' same map."""
+    batch, heads, seq_q, head_dim = q.shape
+    heads_kv, seq_k = k.shape[1], k.shape[2]
+    top, block, qblock = ROUTE["top"], ROUTE["block"], ROUTE["qblock"]
+    head_dim_p = max(16, triton.next_power_of_2(head_dim))
+    blocks = triton.cdiv(seq_k, block)
+    chunk = min(64, triton.next_power_of_2(block))
+    summaries = []
+    for pool in (("min", "max") if ROUTE["pool"] == "minmax" else (ROUTE["pool"],)):
+        summary = torch.empty((batch * heads_kv, blocks, head_dim_p), device=q.device, dtype=torch.float32)
+        route_pool[(blocks, batch * heads_kv)](k, summary, seq_k, blocks, block, POOL=POOLS[pool], CHUNK=chunk,
+                                               HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p)
+        summaries.append(summary)
+    per_token, qpool_max = qblock == 1, qblock > 1 and ROUTE["qpool"] == "max"
+    units = triton.cdiv(seq_q, qblock)
+    if per_token or qpool_max:
+        rows, stride_unit = q, head_dim
+    else:  # the query blocks' means
+        rows = torch.empty((batch * heads, units, head_dim_p), device=q.device, dtype=torch.float32)
+        route_pool[(units, batch * heads)](q, rows, seq_q, units, qblock, POOL=0, CHUNK=min(64, triton.next_power_of_2(
+            qblock)), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p)
+        stride_unit = head_dim_p
+    share = _shared_heads(heads, heads_kv)
+    units_p = ROUTE_UNITS if per_token else 16
+    kp = triton.next_power_of_2(top)
+    chunk_j = max(16, kp)
+    chosen = torch.empty((batch, heads // share, units, top), device=q.device, dtype=torch.int32)
+    stacked, stride_b, length, _ = stack_inputs(inputs, q.device)
+    route_select[(triton.cdiv(units, units_p), batch * (heads // share))](
+        rows, stride_unit, summaries[0], summaries[-1], candidates, candidates.shape[2], chosen, stacked,
+        stacked.shape[1] * stacked.shape[2], stride_b, length, float(ROUTE["top_p"] or 0.0), seq_q, seq_k, units,
+        blocks, HEADS=heads, HEADS_KV=heads_kv, SHARE=share, MAP_HEADS=candidates.shape[1],
+        MAP_BATCH=candidates.shape[0], TOP=top, TOP_P=ROUTE["top_p"] is not None, BLOCK=block, QBLOCK=qblock,
+        QPOOL_MAX=qpool_max, MINMAX=ROUTE["pool"] == "minmax", PER_TOKEN=per_token, HEAD_DIM=head_dim,
+        HEAD_DIM_P=head_dim_p, UNITS_P=units_p, KP=kp, CHUNK_J=chunk_j, CHUNK_N=chunk)
+    return chosen
+
+
+def _overlaps(length, tile, unit):
+    """Per tile of `tile` positions: how many units of `unit` positions it overlaps (cut at length)."""
+    first = torch.arange(triton.cdiv(length, tile)) * tile
+    last = torch.clamp(first + tile, max=length) - 1
+    return last // unit - first // unit + 1
+
+
+def routed_kinds(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
+    """The tile map (B, H, tiles_m, tiles_n) of one selection: a tile is visited where the static
+    map has pairs and a chosen block reaches it or keep has pairs; FULL where the static tile is
+    FULL and every (unit, block) pair over it was chosen, or where keep allows all of it.
+    `static`, `kept`: tile kinds of the mask and of mask AND keep (FULL only inside the lengths),
+    broadcastable to (B, H, tiles_m, tiles_n)."""
+    batch, shared, units, top = chosen.shape
+    qblock, block = ROUTE["qblock"], ROUTE["block"]
+    tiles_m, tiles_n = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
+    device = chosen.device
+    chosen = chosen.to(torch.int64).repeat_interleave(heads // shared, dim=1)
+    unit = torch.arange(units, device=device)
+    rows = (unit * qblock // block_m)[:, None] + torch.arange((qblock + block_m - 2) // block_m + 1, device=device)
+    rows_ok = rows <= ((torch.clamp((unit + 1) * qblock, max=seq_q) - 1) // block_m)[:, None]
+    first = torch.clamp(chosen, min=0)
+    cols = (first * block // block_n)[..., None] + torch.arange((block + block_n - 2) // block_n + 1, device=device)
+    last = (torch.clamp((first + 1) * block, max=seq_k) - 1) // block_n
+    cols_ok = (chosen >= 0)[..., None] & (cols <= last[..., None])
+    tiles = rows[None, None, :, None, :, None] * tiles_n + cols[..., None, :]  # (B, H, units, top, rows, cols)
+    outside = tiles_m * tiles_n  # one slot past the map takes what lies off it
+    tiles = torch.where(rows_ok[None, None, :, None, :, None] & cols_ok[..., None, :], tiles, outside)
+    hits = torch.zeros((batch, heads, outside + 1), dtype=torch.int32, device=device)
+    hits.scatter_add_(2, tiles.reshape(batch, heads, -1), torch.ones(1, dtype=torch.int32, device=device).expand(
+        batch, heads, tiles[0, 0].numel()))
+    hits = hits[..., :outside].view(batch, heads, tiles_m, tiles_n)
+    needed = (_overlaps(seq_q, block_m, qblock)[:, None] * _overlaps(seq_k, block_n, block)[None, :]).to(device)
+    reached = (static != 0) & ((hits > 0) | (kept != 0))
+    full = (static == 2) & ((hits == needed) | (kept == 2))
+    return torch.where(reached, torch.where(full, 2, 1), 0).to(torch.int8)
+
+
+def routed_tables(q, k, inputs, maps, block_m, block_n):
+    """The kernels' tables for this q and k: the selection, and the tables of its tile map.
+    `maps`: the candidate, static and kept kinds (`route_maps`, or the analysis' same maps)."""
+    batch, heads, seq_q, _ = q.shape
+    chosen = select(q, k, inputs, maps["candidates"])
+    kinds = routed_kinds(chosen, maps["static"], maps["kept"], seq_q, k.shape[2], heads, block_m, block_n)
+    return tables_of(kinds) | {"chosen": chosen}
+
+
+def route_maps(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=BLOCK[1], batch=1):
+    """What a selection's tables are built from, on the device: the candidates, and the tile
+    kinds of the mask and of mask AND keep."""
+    return {"candidates": route_candidates(seq_q, seq_k, heads, inputs, device, batch),
+            "static": classify(seq_q, seq_k, heads, inputs, device, block_m, block_n, batch),
+            "kept": classify(seq_q, seq_k, heads, inputs, device, block_m, block_n, batch, pairs=1)}
 
 
 # -- launch and autograd --------------------------------------------------------------------------
 
 def launch_meta(tables, heads, heads_kv, head_dim, dtype, block_m, block_n, seq_q, seq_k):
     """The constexpr specialization of a launch. RAGGED: a length is not whole tiles, so PARTIAL
-    tiles check the lengths (at most two variants per shape, as FlexAttention's IS_DIVISIBLE)."""
+    tiles check the lengths (at most two variants per shape, as FlexAttention's IS_DIVISIBLE).
+    ROUTE_*: the selection PARTIAL tiles read (tables of a routed pattern hold it: "chosen")."""
+    routed = "chosen" in tables
     return dict(HEADS=heads, GROUP=heads // heads_kv, MAP_HEADS=tables["map_heads"], MAP_BATCH=tables["map_batch"],
                 HEAD_DIM=head_dim, HEAD_DIM_P=max(16, triton.next_power_of_2(head_dim)),
                 BLOCK_M=block_m, BLOCK_N=block_n, RAGGED=seq_q % block_m != 0 or seq_k % block_n != 0,
-                PRECISION="ieee" if dtype == torch.float32 else "tf32")
+                PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                ROUTE_TOP=ROUTE["top"] if routed else 0, ROUTE_QBLOCK=ROUTE["qblock"] if routed else 1,
+                ROUTE_BLOCK=ROUTE["block"] if routed else 1,
+                ROUTE_SHARE=heads // tables["chosen"].shape[1] if routed else 1)
 
 
 def _table_arguments(tables, direction):
@@ -527,9 +922,20 @@ def _table_arguments(tables, direction):
     return [full_num, full_runs, full_runs.shape[-2], part_num, part_idx, part_idx.shape[-1]]
 
 
-def _input_arguments(stacked_inputs):
+def _input_arguments(stacked_inputs, tables):
+    """The inputs' arguments, then the selection (a placeholder for an unrouted pattern)."""
     stacked, stride_b, length, _ = stacked_inputs
-    return [stacked, stacked.shape[1] * stacked.shape[2], stride_b, length]
+    chosen = tables.get("chosen", stacked)
+    return [stacked, stacked.shape[1] * stacked.shape[2], stride_b, length, chosen]
+
+
+def tables_for(q, k, inputs, block_m, block_n):
+    """The tables of this launch built on the device: the pattern's, or the selection's of q and k."""
+    batch, heads, seq_q, _ = q.shape
+    if ROUTE is None:
+        return block_tables(seq_q, k.shape[2], heads, inputs, q.device, block_m, block_n, batch)
+    maps = route_maps(seq_q, k.shape[2], heads, inputs, q.device, block_m, block_n, batch)
+    return routed_tables(q, k, inputs, maps, block_m, block_n)
 
 
 def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
@@ -539,14 +945,14 @@ def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
                                   len(INPUT_NAMES))
     heads_kv, seq_k = k.shape[1], k.shape[2]
     if tables is None:
-        tables = block_tables(seq_q, seq_k, heads, inputs, q.device, block_m, block_n, batch)
+        tables = tables_for(q, k, inputs, block_m, block_n)
     meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n, seq_q, seq_k)
     out = torch.empty_like(q)
     lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
     attention_forward[(triton.cdiv(seq_q, block_m), batch * heads)](
-        q, k, v, out, lse, *_table_arguments(tables, "forward"), *_input_arguments(stack_inputs(inputs, q.device)),
-        scale, seq_q, seq_k, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **meta,
-        **launch["forward"])
+        q, k, v, out, lse, *_table_arguments(tables, "forward"),
+        *_input_arguments(stack_inputs(inputs, q.device), tables), scale, seq_q, seq_k,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **meta, **launch["forward"])
     return out, lse, tables
 
 
@@ -564,7 +970,7 @@ def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tab
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n, seq_q, seq_k)
-    stacked = _input_arguments(stack_inputs(inputs, q.device))
+    stacked = _input_arguments(stack_inputs(inputs, q.device), tables)
     attention_backward_kv[(triton.cdiv(seq_k, block_n), batch * heads_kv)](
         q, k, v, dout, lse, delta, dk, dv, *_table_arguments(tables, "backward"), *stacked, scale,
         seq_q, seq_k, *strides, HEADS_KV=heads_kv, **meta, **launch["backward_kv"])

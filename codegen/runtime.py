@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlang.analysis import mask_depends_on_batch
+from attnlang.analysis import pairs_depend_on
 from attnlang.errors import AttnlangError
 
 from . import op
@@ -116,14 +116,13 @@ class AttentionKernel:
             raise AttnlangError(f"head_dim must be at most 256, got {head_dim}")
         if dtype is not None and dtype not in DTYPES:
             raise AttnlangError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype}")
-        if pattern.is_routed:
-            raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
         self.pattern = pattern
         self.heads, self.heads_kv, self.head_dim, self.dtype = heads, heads_kv, head_dim, dtype
         self.block_m, self.block_n = _tile_shape(block)
         # the module that runs: kernels, device-side tile classifier, autograd and launcher
         self.source = standalone_source(pattern.ir, (self.block_m, self.block_n), statement_origins(pattern.decl))
         self._tables: dict = {}
+        self._route_maps: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
         self.launch = None  # num_warps and num_stages per kernel; None: the module's defaults
         self._key = op.register(self)
@@ -150,7 +149,7 @@ class AttentionKernel:
         """The analysis' block maps for these lengths: one, or one per batch entry (when the
         mask reads b or an input has a row per batch entry)."""
         heads = heads or self.heads or 1
-        per_batch = mask_depends_on_batch(self.pattern.ir) or any(
+        per_batch = pairs_depend_on(self.pattern.ir, 'b') or any(
             np.asarray(_numpy(v)).ndim == 2 for v in (inputs or {}).values())
         rows = range(batch) if per_batch else range(1)
         return [self.pattern.analyze(seq_q, seq_k, heads, (self.block_m, self.block_n), inputs, batch=b)
@@ -170,6 +169,47 @@ class AttentionKernel:
             }
         return self._tables[key]
 
+    def route_maps(self, seq_q: int, seq_k: int, inputs, batch: int, device, heads: int | None = None):
+        """A routed pattern's candidate kinds and the tile kinds of its mask and of mask AND keep,
+        by the analysis, on `device` (cached like the tables): what each call's selection
+        builds its tables from."""
+        from attnlang.routing import kernel_maps
+        heads = heads or self.heads or 1
+        key = (seq_q, seq_k, _inputs_key(inputs), batch, str(device), heads)
+        if key not in self._route_maps:
+            unit_rows = self._module(device).ROUTE_UNITS
+            maps = [kernel_maps(m, unit_rows) for m in self.block_maps(seq_q, seq_k, inputs, batch, heads)]
+            self._route_maps[key] = {name: torch.from_numpy(np.stack([m[name] for m in maps])).to(device)
+                                     for name in maps[0]}
+        return self._route_maps[key]
+
+    def selection(self, q, k, inputs=None):
+        """A routed pattern's selection for q and k, made by the device stage the kernel runs:
+        bool (B, H, query units, key blocks) (units: ROUTE qblock tokens; the chosen blocks of
+        each unit's share group, within the candidates of its head when the reference reads it)."""
+        if not self.pattern.is_routed:
+            raise AttnlangError(f"pattern '{self.pattern.name}' does not route: it has no selection")
+        self._check(q, k, k)
+        inputs = dict(zip(self.pattern.inputs, self._input_list(self.pattern.inputs_or_defaults(inputs), q.device)))
+        q, k = q.detach().contiguous(), k.detach().contiguous()
+        module = self._module(q.device)
+        maps = self.route_maps(q.shape[2], k.shape[2], inputs, q.shape[0], q.device, q.shape[1])
+        chosen = module.select(q, k, inputs, maps["candidates"]).long()
+        chosen = chosen.repeat_interleave(q.shape[1] // chosen.shape[1], dim=1)
+        blocks = -(-k.shape[2] // self.pattern.ir.route.block)
+        selected = torch.zeros(chosen.shape[:3] + (blocks + 1,), dtype=torch.bool, device=q.device)
+        selected.scatter_(3, torch.where(chosen < 0, blocks, chosen), True)  # none: a column past the blocks
+        return selected[..., :blocks]
+
+    def _launch_tables(self, q, k, inputs):
+        """The block tables of a launch: the analysis' (cached), or for a routed pattern the
+        tables of the selection this q and k make (a selection stage on the device)."""
+        batch, heads, seq_q, _ = q.shape
+        if not self.pattern.is_routed:
+            return self.tables(seq_q, k.shape[2], inputs, batch, q.device, heads)
+        maps = self.route_maps(seq_q, k.shape[2], inputs, batch, q.device, heads)
+        return self._module(q.device).routed_tables(q, k, inputs, maps, self.block_m, self.block_n)
+
     # -- running ----------------------------------------------------------------------
 
     def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False):
@@ -182,21 +222,18 @@ class AttentionKernel:
     def run_forward(self, q, k, v, runtime_inputs, scale: float):
         """The forward launch, inside the custom op: inputs checked, tables built or cached."""
         inputs = dict(zip(self.pattern.inputs, runtime_inputs))
-        batch, heads, seq_q, _ = q.shape
-        seq_k = k.shape[2]
-        _checked_inputs(self.pattern, inputs, max(seq_q, seq_k))
-        tables = self.tables(seq_q, seq_k, inputs, batch, q.device, heads)
+        _checked_inputs(self.pattern, inputs, max(q.shape[2], k.shape[2]))
         # head dims below 16 run as 16 with zero columns: the kernels mask them on load and store
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        tables = self._launch_tables(q, k, inputs)
         out, lse, _ = self._module(q.device).forward(q, k, v, inputs, scale, self.block_m, self.block_n, tables,
                                                      self.launch)
         return out, lse
 
     def run_backward(self, q, k, v, out, lse, dout, dlse, runtime_inputs, scale: float):
         inputs = dict(zip(self.pattern.inputs, runtime_inputs))
-        batch, heads, seq_q, _ = q.shape
-        tables = self.tables(seq_q, k.shape[2], inputs, batch, q.device, heads)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        tables = self._launch_tables(q, k, inputs)  # a routed pattern selects again: the same blocks
         return self._module(q.device).backward(q, k, v, out.contiguous(), lse.contiguous(), dout.contiguous(),
                                                dlse.contiguous(), inputs, scale, self.block_m, self.block_n, tables,
                                                self.launch)
@@ -315,7 +352,8 @@ class LayoutKernel:
     def _entry(self, seq_q: int, seq_k: int):
         if (seq_q, seq_k) not in self._per_length:
             if torch.compiler.is_compiling():  # choosing analyzes and simulates: numpy, not graph code
-                raise RuntimeError(  # a builtin: dynamo traces its construction, not AttnlangError'sf"the layout for {seq_q} x {seq_k} tokens is chosen outside torch.compile: call "
+                # a builtin: dynamo traces its construction, not AttnlangError's
+                raise RuntimeError(f"the layout for {seq_q} x {seq_k} tokens is chosen outside torch.compile: call "
                                     f"kernel.layout_for({seq_q}, {seq_k}) (or the kernel once) before the compiled "
                                     "model first sees this length")
             dtype = {torch.float16: "fp16", torch.float32: "fp32"}.get(self.dtype, "bf16")

@@ -1,10 +1,11 @@
 """A pattern's kernel module: `kernel_template.py` with its two marked regions replaced.
 
 The template is a real, linted Python module (dense attention as it stands). A pattern
-contributes only its constants and four functions, printed from the IR and tagged with the
+contributes only its constants and five functions, printed from the IR and tagged with the
 source line of their statement: `_mask`, `_logit2` (the logit in log2 units, so the kernels'
 softmax runs on exp2 with the scale folded into one multiply), `_dlogit` (its derivative,
-for the backward) and `_indices_in_range` (for the device-side tile classifier).
+for the backward), `_indices_in_range` (for the device-side tile classifier) and `_keep`
+(a routing pattern's `keep`: pairs allowed whatever the selection).
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ def _range_function(pattern: ir.PatternIR, context: PrintContext) -> str:
 
 
 def statement_origins(decl) -> dict[str, str]:
-    """Where a pattern's mask and logit come from: `file:line` of each statement that makes them
-    (`mask` and `use` for the mask, `bias`, `score` and `use` for the logit)."""
+    """Where a pattern's mask, logit and routing come from: `file:line` of each statement that
+    makes them (`mask` and `use` for the mask, `bias`, `score` and `use` for the logit)."""
     from attnlang import ast
-    kinds = {"mask": (ast.Mask, ast.Use), "logit": (ast.Bias, ast.Score, ast.Use)}
+    kinds = {"mask": (ast.Mask, ast.Use), "logit": (ast.Bias, ast.Score, ast.Use), "route": (ast.Route,)}
     origins = {}
     for part, types in kinds.items():
         lines = [str(s.span.line) for s in decl.body if isinstance(s, types) and s.span is not None]
@@ -106,21 +107,22 @@ def statement_origins(decl) -> dict[str, str]:
 
 
 def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict[str, str]) -> str:
-    from attnlang.analysis import input_index_ranges, mask_depends_on_batch, mask_depends_on_head
-    mask = pattern.mask if pattern.mask != ir.TRUE else ir.Binary(
-        ">=", ir.Var("k", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
+    from attnlang.analysis import input_index_ranges, pairs_depend_on
+    mask = _tile_condition(pattern.mask)
+    keep = _tile_condition(pattern.route.keep if pattern.route else ir.FALSE)
     logit2, dlogit = log2_logit(pattern.logit), _dlogit_log2(pattern.logit)
-    facts = IntegerFacts((mask, logit2, dlogit))
+    facts = IntegerFacts((mask, keep, logit2, dlogit))
     context = PrintContext("tl.int32" if facts.int32 else "tl.int64", tuple(pattern.inputs), facts)
     reads = ", ".join(str(load) for load, _ in input_index_ranges(
         pattern, {name: ir.Const(0, Type.INT) for name in pattern.inputs}))
     constants = [
         f"PATTERN = {_label(pattern)!r}",
-        f"MASK_READS_HEAD = {mask_depends_on_head(pattern)}",
-        f"MASK_READS_BATCH = {mask_depends_on_batch(pattern)}",
+        f"MASK_READS_HEAD = {pairs_depend_on(pattern, 'h')}",
+        f"MASK_READS_BATCH = {pairs_depend_on(pattern, 'b')}",
         f"INPUT_NAMES = {tuple(pattern.inputs)!r}",
         f"INPUT_READS = {reads!r}",
         f"BLOCK = {tuple(block)!r}",
+        f"ROUTE = {_route_constant(pattern.route)}",
     ]
     mask_origin = origins.get("mask", "no mask statement: every pair")
     logit_origin = origins.get("logit", "no bias or score statement: the scaled q.k") + ", in log2 units"
@@ -131,10 +133,29 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
                      result="{}" if _reads_score(logit2) else "{} + tl.zeros_like(score)"),
         jit_function("_dlogit", "score, " + _SIGNATURE, dlogit, "d logit / d score", context=context),
         _range_function(pattern, context),
+        jit_function("_keep", _SIGNATURE, keep, origins.get("route", "no route: nothing kept beyond the selection"),
+                     wide=True, context=context),
     ]
     identity = pattern.logit == SCORE
     return "\n".join(constants) + "\n\n\n" + "\n\n".join(functions) + (
         f"\n\nLOGIT_IS_SCORE = tl.constexpr({identity})  # True: _logit2 is the identity and _dlogit 1")
+
+
+def _tile_condition(condition: ir.Expr) -> ir.Expr:
+    """A constant condition as a comparison, so that it fills the tile (every pair has k >= 0)."""
+    if condition in (ir.TRUE, ir.FALSE):
+        return ir.Binary(">=" if condition == ir.TRUE else "<", ir.Var("k", Type.INT), ir.Const(0, Type.INT),
+                         Type.BOOL)
+    return condition
+
+
+def _route_constant(route: ir.RouteIR | None) -> str:
+    """The routing's options as the module reads them (docs/language.md, Routing), or None."""
+    if route is None:
+        return "None"
+    options = dict(top=route.top, block=route.block, qblock=route.query_block, pool=route.pool, qpool=route.qpool,
+                   share=route.share, top_p=route.top_p)
+    return "dict(" + ", ".join(f"{name}={value!r}" for name, value in options.items()) + ")"
 
 
 def _label(pattern: ir.PatternIR) -> str:

@@ -180,11 +180,6 @@ def test_one_kernel_serves_heads_groups_dims_and_dtypes(lib):
                                rtol=2e-2, atol=2e-3)
 
 
-def test_routing_patterns_say_they_are_not_compiled_yet(lib):
-    with pytest.raises(attnlang.AttnlangError, match="routes by content"):
-        lib["moba"].compile(heads=1, head_dim=16)
-
-
 def test_compile_writes_a_standalone_module(tmp_path):
     import importlib.util
     from attnlang.cli import main
