@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one run that fits a 15-minute device lease:
-# the bf16/fp16 kernel suite, the kernel benchmark against FlexAttention and SDPA, the
-# simulator's calibration and its predicted-vs-measured check. JSON goes to $OUT (or
+# the bf16/fp16 kernel suite (routed kernels too), the kernel benchmark against FlexAttention
+# and SDPA, the routing benchmark (selection stage and routed attention), the simulator's calibration and its predicted-vs-measured check. JSON goes to $OUT (or
 # benchmarks/results/gpu when OUT is unset); commit it and put the tables in the README.
 #
 #   bash benchmarks/gpu.sh                 # on a GPU machine
@@ -38,6 +38,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 step targets python3 -m attnlang.codegen.targets --audit --json "$OUT/targets.json"
 step gpu_tests python3 -m pytest -q -x tests/test_gpu.py --junitxml="$OUT/gpu_tests.xml"
 step kernels python3 benchmarks/kernels.py --lengths "$LENGTHS" --out "$OUT/kernels.json"
+step routing python3 benchmarks/routing.py --lengths 16384,32768,65536,131072 --out "$OUT/routing.json"
 step calibrate python3 -m attnlang.cli calibrate --hw h100 --out "$OUT/h200_profile.json"
 step simulator python3 benchmarks/simulator.py --profile "$OUT/h200_profile.json" \
     --measured "$OUT/kernels.json" --out "$OUT/simulator.json"

@@ -79,7 +79,7 @@ def measure(name, seq, heads, head_dim, dtype, device, block, repeats, smoke):
     units, blocks = -(-seq // route.query_block), -(-seq // route.block)
     kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], seq, seq, heads, kernel.block_m, kernel.block_n)
     tables = module.tables_of(kinds) | {"chosen": chosen}
-    timing = dict(warmup=1, repeats=repeats)
+    timing = dict(device=device, repeat=repeats)
     row = {
         "pattern": pattern.label, "seq": seq, "heads": heads, "heads_kv": heads_kv, "head_dim": head_dim,
         "dtype": str(dtype).replace("torch.", ""), "block": [kernel.block_m, kernel.block_n],
@@ -110,7 +110,7 @@ def schedules(seq, block, top, tile, data, seed=0, heads=2, head_dim=64):
     (independent tokens) or "local" (an AR(1) sequence, neighbouring tokens alike)."""
     from attnlang.codegen.runtime import load_module
     from attnlang.codegen.template import standalone_source
-    from attnlang.routing import candidate_blocks, select_blocks
+    from attnlang.routing import candidate_blocks, kernel_maps, select_blocks
     pattern = attnlang.stdlib()["moba"].bind(block=block, top=top)
     gen = torch.Generator().manual_seed(seed)
     if data == "random":
@@ -127,7 +127,8 @@ def schedules(seq, block, top, tile, data, seed=0, heads=2, head_dim=64):
     order = torch.sort((~selected).to(torch.int8), dim=-1, stable=True).indices[..., :top]
     chosen = torch.where(torch.gather(selected, -1, order), order, -1).to(torch.int32)
     module = load_module(standalone_source(pattern.ir, (tile, tile)), "schedules_" + pattern.slug, interpret=True)
-    maps = module.route_maps(seq, seq, heads, {}, torch.device("cpu"), tile, tile)
+    maps = {name: torch.from_numpy(kinds)[None] for name, kinds in
+            kernel_maps(pattern.analyze(seq, heads=heads, block=tile), module.ROUTE_UNITS).items()}
     kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], seq, seq, heads, tile, tile)
     kept = int((maps["kept"] != 0).sum()) * heads
     rows_per_block = selected.sum(2)                                          # (1, H, blocks): rows choosing it

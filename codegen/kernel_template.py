@@ -175,10 +175,20 @@ def _allowed(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT
     if ROUTE_TOP > 0:
         unit = q_pos // ROUTE_QBLOCK  # positions are >= 0: // is floor
         block = k_pos // ROUTE_BLOCK
-        selected = (q_pos < 0) & (k_pos < 0)
-        for t in range(ROUTE_TOP):  # CHOSEN_BH: (units, ROUTE_TOP) block indices, -1 where none
-            chosen = tl.load(CHOSEN_BH + unit * ROUTE_TOP + t, mask=q_pos < N_Q, other=-1)
-            selected = selected | (chosen == block)
+        if k_pos.shape[1] // ROUTE_BLOCK + 2 <= 63:
+            # per row, a bitmask of the tile's blocks its unit chose: ROUTE_TOP steps a row, not a pair
+            first = tl.min(block)
+            bits = tl.zeros_like(q_pos).to(tl.int64)
+            for t in range(ROUTE_TOP):  # CHOSEN_BH: (units, ROUTE_TOP) block indices, -1 where none
+                offset = tl.load(CHOSEN_BH + unit * ROUTE_TOP + t, mask=q_pos < N_Q, other=-1) - first
+                inside = (offset >= 0) & (offset < 63)
+                bits = bits | tl.where(inside, tl.full([1, 1], 1, tl.int64) << tl.where(inside, offset, 0), 0)
+            selected = ((bits >> (block - first).to(tl.int64)) & 1) != 0
+        else:  # a tile of more than 61 blocks: compare every pair with every chosen block
+            selected = (q_pos < 0) & (k_pos < 0)
+            for t in range(ROUTE_TOP):
+                chosen = tl.load(CHOSEN_BH + unit * ROUTE_TOP + t, mask=q_pos < N_Q, other=-1)
+                selected = selected | (chosen == block)
         keep = _keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
         allowed = allowed & (selected | keep)
     return allowed
@@ -858,26 +868,32 @@ def routed_kinds(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
     map has pairs and a chosen block reaches it or keep has pairs; FULL where the static tile is
     FULL and every (unit, block) pair over it was chosen, or where keep allows all of it.
     `static`, `kept`: tile kinds of the mask and of mask AND keep (FULL only inside the lengths),
-    broadcastable to (B, H, tiles_m, tiles_n)."""
+    broadcastable to (B, H, tiles_m, tiles_n). Memory: the chosen blocks and a count per (tile
+    row, key block), never a units x blocks matrix."""
     batch, shared, units, top = chosen.shape
     qblock, block = ROUTE["qblock"], ROUTE["block"]
-    tiles_m, tiles_n = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
+    tiles_m, tiles_n, blocks = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n), triton.cdiv(seq_k, block)
     device = chosen.device
     chosen = chosen.to(torch.int64).repeat_interleave(heads // shared, dim=1)
+    # per (tile row, key block): how many of the units over the row chose the block (once each)
     unit = torch.arange(units, device=device)
     rows = (unit * qblock // block_m)[:, None] + torch.arange((qblock + block_m - 2) // block_m + 1, device=device)
     rows_ok = rows <= ((torch.clamp((unit + 1) * qblock, max=seq_q) - 1) // block_m)[:, None]
-    first = torch.clamp(chosen, min=0)
-    cols = (first * block // block_n)[..., None] + torch.arange((block + block_n - 2) // block_n + 1, device=device)
-    last = (torch.clamp((first + 1) * block, max=seq_k) - 1) // block_n
-    cols_ok = (chosen >= 0)[..., None] & (cols <= last[..., None])
-    tiles = rows[None, None, :, None, :, None] * tiles_n + cols[..., None, :]  # (B, H, units, top, rows, cols)
-    outside = tiles_m * tiles_n  # one slot past the map takes what lies off it
-    tiles = torch.where(rows_ok[None, None, :, None, :, None] & cols_ok[..., None, :], tiles, outside)
-    hits = torch.zeros((batch, heads, outside + 1), dtype=torch.int32, device=device)
-    hits.scatter_add_(2, tiles.reshape(batch, heads, -1), torch.ones(1, dtype=torch.int32, device=device).expand(
-        batch, heads, tiles[0, 0].numel()))
-    hits = hits[..., :outside].view(batch, heads, tiles_m, tiles_n)
+    slots = rows[None, None, :, None, :] * blocks + chosen[..., None]  # (B, H, units, top, rows)
+    outside = tiles_m * blocks  # one slot past the counts takes what lies off them
+    slots = torch.where(rows_ok[None, None, :, None, :] & (chosen >= 0)[..., None], slots, outside)
+    counts = torch.zeros((batch, heads, outside + 1), dtype=torch.int32, device=device)
+    counts.scatter_add_(2, slots.reshape(batch, heads, -1),
+                        torch.ones(1, dtype=torch.int32, device=device).expand(batch, heads, slots[0, 0].numel()))
+    counts = counts[..., :outside].view(batch, heads, tiles_m, blocks)
+    # per tile: the chosen (unit, block) pairs over it, summed over the blocks its columns overlap
+    column = torch.arange(tiles_n, device=device)
+    first = column * block_n // block
+    last = (torch.clamp((column + 1) * block_n, max=seq_k) - 1) // block
+    hits = torch.zeros((batch, heads, tiles_m, tiles_n), dtype=torch.int32, device=device)
+    for step in range((block_n + block - 2) // block + 1):
+        over = counts.index_select(3, torch.clamp(first + step, max=blocks - 1))
+        hits += torch.where(first + step <= last, over, 0)
     needed = (_overlaps(seq_q, block_m, qblock)[:, None] * _overlaps(seq_k, block_n, block)[None, :]).to(device)
     reached = (static != 0) & ((hits > 0) | (kept != 0))
     full = (static == 2) & ((hits == needed) | (kept == 2))

@@ -44,3 +44,29 @@ def test_kernel_error_is_within_a_factor_of_the_same_dtype_reference(name, dtype
     for got, want, ref in zip(grads, exact_grads, same_grads):
         assert torch.isfinite(got).all()
         assert max_error(got, want) <= 5 * max_error(ref, want) + 1e-2
+
+
+ROUTED_SMALL = {"moba": {"block": 128, "top": 2}, "quest": {"page": 16, "top": 8},
+                "nsa_selected": {"block": 64, "top": 4},
+                "biformer": {"region_size": 8, "top": 3}}
+
+
+@pytest.mark.parametrize("name", ROUTED)
+def test_a_routed_kernel_attends_to_its_own_selection_in_bf16(name):
+    pattern = attnlang.stdlib()[name].bind(**ROUTED_SMALL[name])
+    n, heads, dim = 1000, 4, 64
+    q, k, v = (torch.randn(2, heads if i == 0 else 2, n, dim, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for i in range(3))
+    kernel = pattern.compile(block=(64, 64))
+    selection = kernel.selection(q, k)
+    out = kernel(q, k, v)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    exact = pattern.reference_attention(q.double(), k.double(), v.double(), selection=selection)
+    exact_grads = torch.autograd.grad(exact, (q, k, v), grad.double())
+    same_dtype = pattern.reference_attention(q, k, v, selection=selection)
+    same_grads = torch.autograd.grad(same_dtype, (q, k, v), grad)
+    assert max_error(out, exact) <= 3 * max_error(same_dtype, exact) + 1e-3
+    for got, want, ref in zip(grads, exact_grads, same_grads):
+        assert torch.isfinite(got).all()
+        assert max_error(got, want) <= 5 * max_error(ref, want) + 1e-2

@@ -107,11 +107,11 @@ def _reference_selection(pattern, q, k):
 @pytest.mark.parametrize("name", ROUTED)
 def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(name):
     pattern = attnlang.stdlib()[name].bind(**SMALL[name])
-    q, k, v = tensors(7, 2, 4, 2, 90)
+    q, k, v = tensors(7, 2, 4, 2, 72)
     check_kernel(pattern, q, k, v)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(pool=st.sampled_from(["mean", "max", "minmax", "last"]), qpool=st.sampled_from(["mean", "max"]),
        share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 5),
        block=st.sampled_from([8, 12, 16, 32]), seq=st.integers(17, 100), heads_kv=st.sampled_from([1, 2]),
@@ -129,8 +129,8 @@ def test_drawn_routes_match_the_reference(pool, qpool, share, per_token, top, bl
     check_kernel(pattern, q, k, v, block=tile)
 
 
-@pytest.mark.parametrize("pool", ["mean", "max", "minmax", "last"])
-@pytest.mark.parametrize("per_token", [False, True])
+@pytest.mark.parametrize("pool, per_token", [("mean", False), ("max", True), ("minmax", False), ("last", True),
+                                             ("mean", True)])
 def test_exact_ties_go_to_the_lower_block_as_in_the_reference(pool, per_token):
     # integer tensors: every score is exact in float32 and float64, and many tie
     pattern = routed(f"""pattern r() {{

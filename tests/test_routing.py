@@ -99,13 +99,21 @@ def test_the_routed_bound_holds_for_every_selection(lib, top, route_block, tile,
 
 def test_the_simulator_prices_the_routed_bound_and_the_selection(lib):
     moba, causal = lib["moba"], lib["causal"]  # moba's static candidates are causal's
-    routed = attnlang.simulate(moba, seq=16384)
+    per_block = attnlang.parse("""pattern r(block = 512, top = 3) {
+    mask q >= k
+    route topk(top, block = block, keep = q // block == k // block)
+}""")["r"]
+    routed = attnlang.simulate(per_block, seq=16384)
     static = attnlang.simulate(causal, seq=16384)
     assert routed.breakdown["selection"] > 0 and static.breakdown["selection"] == 0
     assert routed.time_ms == pytest.approx(sum(routed.breakdown.values()))
     assert routed.speedup > 2 * static.speedup  # 3 blocks of 512 and its own, not half the matrix
+    # per token, a tile's 128 rows may each choose other blocks: the tile-major bound is causal's tiles
+    per_token = attnlang.simulate(moba, seq=16384)
     block_map = moba.analyze(16384, block=(128, 64))
-    assert routed.upper_bound == pytest.approx(block_map.kinds.size / block_map.routed_tiles())
+    assert block_map.routed_tiles() == block_map.counts["full"] + block_map.counts["partial"]
+    assert per_token.upper_bound == pytest.approx(block_map.kinds.size / block_map.routed_tiles())
+    assert per_token.time_ms > static.time_ms  # the same tiles, a routed mask and a selection stage on top
 
 
 def test_analyze_says_the_counts_are_the_static_candidates(capsys):

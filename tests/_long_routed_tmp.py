@@ -1,0 +1,164 @@
+"""Routed kernels under the interpreter: the device selection stage against the reference's
+routing, and the attention on its tables (forward, LSE, dq, dk, dv) against the reference.
+
+The kernels score in float32 and the reference in float64, so two blocks whose scores tie to
+within rounding may be chosen differently; the selection test allows exactly that (and
+nothing else), and the attention is compared with the reference attending to the kernel's
+own selection. Integer-valued tensors make scores exact in both, so there the selections
+must be equal, ties (to the lower block) included.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import attnlang
+from attnlang.routing import _key_summary, _query_scores, candidate_blocks
+
+from .flex_mods import ROUTED
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+
+SMALL = {"moba": {"block": 16, "top": 2}, "quest": {"page": 8, "top": 3}, "nsa_selected": {"block": 16, "top": 3},
+         "biformer": {"region_size": 4, "top": 2}}
+TIE = 1e-4  # scores this close (relative to their scale) may rank either way in float32
+
+
+def routed(source: str):
+    return attnlang.parse(source)["r"]
+
+
+def tensors(seed, batch, heads, heads_kv, seq, dim=16, integer=False):
+    gen = torch.Generator().manual_seed(seed)
+    draw = (lambda *shape: torch.randint(-2, 3, shape, generator=gen).float()) if integer else (
+        lambda *shape: torch.randn(*shape, generator=gen))
+    return draw(batch, heads, seq, dim), draw(batch, heads_kv, seq, dim), draw(batch, heads_kv, seq, dim)
+
+
+def shared_scores(pattern, q, k):
+    """The reference's scores (float64) of each share group's units, summed over the group, and its candidates."""
+    route = pattern.ir.route
+    heads = q.shape[1]
+    summary = tuple(s.repeat_interleave(heads // s.shape[1], dim=1) for s in _key_summary(k.double(), route.block,
+                                                                                          route.pool))
+    scores = _query_scores(q.double(), summary, route)
+    group = {"head": 1, "group": heads // k.shape[1], "all": heads}[route.share]
+    candidates = torch.from_numpy(candidate_blocks(pattern.ir, q.shape[2], k.shape[2], heads)).expand(scores.shape[1:])
+    shape = (q.shape[0], heads // group, group) + scores.shape[2:]
+    return scores.reshape(shape).sum(2), candidates.reshape(shape[1:]).any(1)
+
+
+def assert_same_selection_but_near_ties(pattern, got, expected, q, k):
+    """Selections (B, H, units, blocks) equal, except blocks whose score is within TIE of the
+    unit's K-th best (or, with top_p, whose mass before them is within TIE of P)."""
+    route = pattern.ir.route
+    heads = q.shape[1]
+    group = {"head": 1, "group": heads // k.shape[1], "all": heads}[route.share]
+    differ = (got != expected).reshape(got.shape[0], heads // group, group, *got.shape[2:]).any(2)
+    if not differ.any():
+        return
+    scores, candidates = shared_scores(pattern, q, k)
+    scores = scores.masked_fill(~candidates, -math.inf)
+    ranked, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    kth = ranked[..., min(route.top, ranked.shape[-1]) - 1:][..., :1]
+    scale = scores[candidates.expand(scores.shape)].abs().max()
+    near = (scores - kth).abs() <= TIE * scale
+    if route.top_p is not None:
+        mass = torch.softmax(ranked, -1).nan_to_num(0.0)
+        before = torch.empty_like(mass).scatter_(-1, order, mass.cumsum(-1) - mass)
+        near |= (before - route.top_p).abs() <= TIE
+    assert bool(near[differ].all()), "the kernel's selection differs from the reference's beyond near-ties"
+
+
+def check_kernel(pattern, q, k, v, block=16, exact_selection=False):
+    kernel = pattern.compile(block=block)
+    selection = kernel.selection(q, k)
+    qd, kd, vd = (x.double() for x in (q, k, v))
+    reference_selection = _reference_selection(pattern, qd, kd)
+    if exact_selection:
+        torch.testing.assert_close(selection, reference_selection, rtol=0, atol=0)
+    else:
+        assert_same_selection_but_near_ties(pattern, selection, reference_selection, q, k)
+    q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
+    out, lse = kernel(q, k, v, return_lse=True)
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref_out, ref_lse = pattern.reference_attention(qd, kd, vd, return_lse=True, selection=selection)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], rtol=1e-4, atol=1e-4)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    expected = torch.autograd.grad(ref_out, (qd, kd, vd), grad.double())
+    for name, a, b in zip(("dq", "dk", "dv"), got, expected):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3, msg=lambda m: f"{name}: {m}")
+
+
+def _reference_selection(pattern, q, k):
+    """The reference's selection (B, H, units, blocks), within each head's candidates."""
+    from attnlang.routing import select_blocks
+    candidates = torch.from_numpy(candidate_blocks(pattern.ir, q.shape[2], k.shape[2], q.shape[1]))
+    return select_blocks(pattern.ir.route, candidates[None], q, k)
+
+
+@pytest.mark.parametrize("name", ROUTED)
+def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(name):
+    pattern = attnlang.stdlib()[name].bind(**SMALL[name])
+    q, k, v = tensors(7, 2, 4, 2, 72)
+    check_kernel(pattern, q, k, v)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pool=st.sampled_from(["mean", "max", "minmax", "last"]), qpool=st.sampled_from(["mean", "max"]),
+       share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 5),
+       block=st.sampled_from([8, 12, 16, 32]), seq=st.integers(17, 100), heads_kv=st.sampled_from([1, 2]),
+       tile=st.sampled_from([16, 32]), seed=st.integers(0, 999), top_p=st.one_of(st.none(), st.floats(0.3, 0.95)),
+       keep=st.sampled_from(["q // {b} == k // {b}", "k < 4", "false"]))
+def test_drawn_routes_match_the_reference(pool, qpool, share, per_token, top, block, seq, heads_kv, tile, seed,
+                                          top_p, keep):
+    options = f"pool = {pool}, share = {share}" + (", qblock = 1" if per_token else f", qpool = {qpool}")
+    selector = f"topk({top}" if top_p is None else f"top_p({top_p!r}, max = {top}"
+    pattern = routed(f"""pattern r() {{
+    mask q >= k
+    route {selector}, block = {block}, {options}, keep = {keep.format(b=block)})
+}}""")
+    q, k, v = tensors(seed, 1, 4, heads_kv, seq)
+    check_kernel(pattern, q, k, v, block=tile)
+
+
+@pytest.mark.parametrize("pool, per_token", [("mean", False), ("max", True), ("minmax", False), ("last", True),
+                                             ("mean", True)])
+def test_exact_ties_go_to_the_lower_block_as_in_the_reference(pool, per_token):
+    # integer tensors: every score is exact in float32 and float64, and many tie
+    pattern = routed(f"""pattern r() {{
+    mask q >= k
+    route topk(2, block = 8, pool = {pool}{', qblock = 1' if per_token else ''}, keep = q // 8 == k // 8)
+}}""")
+    q, k, v = tensors(3, 1, 2, 1, 64, dim=16, integer=True)
+    check_kernel(pattern, q, k, v, exact_selection=True)
+
+
+def test_the_standalone_module_routes_on_its_own_device_tables():
+    from attnlang.codegen.runtime import load_module
+    from attnlang.codegen.template import standalone_source
+    pattern = attnlang.stdlib()["moba"].bind(block=16, top=2)
+    module = load_module(standalone_source(pattern.ir, (16, 16)), "routed_standalone", interpret=True)
+    q, k, v = tensors(11, 1, 2, 1, 75)
+    out = module.attention(q, k, v, block_m=16, block_n=16)
+    selection = pattern.compile(block=16).selection(q, k)
+    torch.testing.assert_close(out.double(), pattern.reference_attention(q.double(), k.double(), v.double(),
+                                                                         selection=selection), rtol=1e-4, atol=1e-4)
+
+
+def test_a_selection_is_at_most_top_blocks_per_unit_and_reads_no_score_matrix():
+    pattern = attnlang.stdlib()["moba"].bind(block=16, top=2)
+    kernel = pattern.compile(block=16)
+    q, k, _ = tensors(5, 1, 2, 1, 80)
+    module = kernel._module(q.device)
+    maps = kernel.route_maps(80, 80, {}, 1, q.device, 2)
+    chosen = module.select(q, k, {}, maps["candidates"])
+    assert chosen.shape == (1, 2, 80, 2)  # units x top indices: O(N K), never N x blocks scores
+    assert bool((kernel.selection(q, k).sum(-1) <= 2).all())
