@@ -14,7 +14,7 @@ from .ir import ARITHMETIC, COMPARISONS, LOGIC
 
 __all__ = [
     "Node", "Expr", "IntLit", "FloatLit", "BoolLit", "Name", "Attr", "Index", "Keyword", "Call",
-    "Unary", "Binary", "IfExpr", "Stmt", "Let", "Mask", "Bias", "Score", "Grid", "Input", "Use",
+    "Unary", "Binary", "IfExpr", "Tuple", "Stmt", "Let", "Mask", "Bias", "Score", "Grid", "Input", "Use",
     "Route", "Param", "PatternDecl", "Module", "ARITHMETIC_OPS", "COMPARISON_OPS", "LOGICAL_OPS", "LEFT_DEEP_CHAIN",
 ]
 
@@ -89,6 +89,14 @@ class Index(Expr):
 class Keyword(Node):
     name: str
     value: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Tuple(Expr):
+    """`(a, b, ...)`: only as a keyword argument's value (route's `block = (a, b)`, a grid region)."""
+
+    items: tuple[Expr, ...]
     span: Span | None = _span()
 
 

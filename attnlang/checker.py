@@ -7,6 +7,7 @@ the offending token.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -214,7 +215,8 @@ class _Lowering:
             bound = self._bind_arguments("top_p", ["p", "max"] + options, stmt.args, stmt.kwargs, stmt.span,
                                          required=["p", "max", "block"])
             top, top_p = self._constant_int(bound["max"], "max", minimum=1), self._probability(bound["p"])
-        block = self._constant_int(bound["block"], "block", minimum=1)
+        region = self._region(bound["block"])
+        block = math.prod(region) if region else self._constant_int(bound["block"], "block", minimum=1)
         qblock = None
         if "qblock" in bound:
             qblock = self._constant_int(bound["qblock"], "qblock", minimum=1)
@@ -234,7 +236,19 @@ class _Lowering:
                 raise AttnlangError(f"keep expects a boolean expression, found {keep.type}",
                                     _span_of(bound["keep"]))
         self._set_route(ir.RouteIR(top, block, pool, keep, qblock=qblock, qpool=qpool, share=share, top_p=top_p,
-                                   span=stmt.span), stmt.span)
+                                   region=region, span=stmt.span), stmt.span)
+
+    def _region(self, value) -> tuple[int, ...] | None:
+        """`block = (a, b, ...)`: a region of the grid, one positive size per axis."""
+        if not isinstance(value, ast.Tuple):
+            return None
+        if self.grid is None:
+            raise AttnlangError("a block of (a, b, ...) is a region of the pattern's grid: declare "
+                                "grid (A, B, ...) = (SA, SB, ...) before the route", value.span)
+        if len(value.items) != len(self.grid.axes):
+            raise AttnlangError(f"the region has {len(value.items)} sizes but the grid has {len(self.grid.axes)} "
+                                f"axes ({', '.join(self.grid.axes)})", value.span)
+        return tuple(self._constant_int(item, "a region size", minimum=1) for item in value.items)
 
     def _probability(self, expr_ast) -> float:
         value = fold_constants(self.expr(expr_ast))
@@ -375,6 +389,9 @@ class _Lowering:
 
     def expr(self, node: ast.Expr) -> ir.Expr:
         return getattr(self, "expr_" + type(node).__name__)(node)
+
+    def expr_Tuple(self, node: ast.Tuple):
+        raise AttnlangError("a tuple (a, b, ...) is only a route's block: a region of the grid", node.span)
 
     def expr_IntLit(self, node: ast.IntLit):
         return ir.Const(node.value, Type.INT, node.span)

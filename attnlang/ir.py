@@ -219,6 +219,9 @@ class RouteIR:
     qpool: str = "mean"        # a query block's score: its mean query's, or the max over its queries
     share: str = "head"        # one selection per head, per GQA group, or for all heads
     top_p: float | None = None  # `top_p(P, max = top)`: the fewest best blocks whose softmax mass reaches P
+    # `block = (a, b, ...)`: a region of the pattern's grid (block = a * b * ...); its tokens are
+    # contiguous only in the region layout (attnlang.layout.region_layout), where it routes
+    region: tuple[int, ...] | None = None
     span: Span | None = _span()
 
     @property
@@ -273,7 +276,8 @@ class PatternIR:
         if self.route:
             r = self.route
             selector = f"topk({r.top}" if r.top_p is None else f"top_p({r.top_p!r}, max = {r.top}"
-            lines.append(f"    route {selector}, block = {r.block}{r.options()}, keep = {r.keep})")
+            block = f"({', '.join(map(str, r.region))})" if r.region else r.block
+            lines.append(f"    route {selector}, block = {block}{r.options()}, keep = {r.keep})")
         return "\n".join(lines + ["}"]) + "\n"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -177,9 +177,10 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     """The pattern on the permuted positions: same pairs, in the layout's order."""
     if layout.is_row_major:
         return pattern
-    if pattern.inputs or pattern.route is not None:
+    routes_regions = pattern.route is not None and pattern.route.region is not None and layout.kind == "regions"
+    if pattern.inputs or (pattern.route is not None and not routes_regions):
         raise AttnlangError(f"pattern '{pattern.name}' reads runtime inputs or routes by content: "
-                            "only row-major is supported for it")
+                            "only row-major is supported for it (a route over grid regions: the region layout)")
     replacements, ranges, valid = {}, {}, []
     for side, tiling, length in (("q", layout.q, seq_q), ("k", layout.k, seq_k)):
         replacements[ir.Var(f"n_{side}", INT)] = _const(length)
@@ -200,8 +201,31 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
         return fold_constants(fold_linear(ir.substitute(on_atoms, atoms), {}))  # x // a // b -> x // (a*b)
 
     mask = fold_constants(_conjunction(valid + [rewrite(pattern.mask)]))
-    return ir.PatternIR(pattern.name, pattern.params, mask, rewrite(pattern.logit), pattern.inputs, pattern.route,
+    # in the region layout each region is `block` contiguous tokens: it routes as plain blocks
+    route = pattern.route and replace(pattern.route, keep=rewrite(pattern.route.keep), region=None)
+    return ir.PatternIR(pattern.name, pattern.params, mask, rewrite(pattern.logit), pattern.inputs, route,
                         grid=(), span=pattern.span)
+
+
+def region_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1) -> Layout:
+    """The order where each grid region of a `route ..., block = (a, b, ...)` is contiguous, region
+    after region (row-major over regions, tokens row-major within one): queries and keys alike.
+    Every region must be whole at these lengths — no padding, since a pooled region would count it."""
+    region = pattern.route.region
+    sizes = grid_sizes(pattern, seq_q, seq_k, heads)
+    if sizes is None:
+        raise AttnlangError(f"pattern '{pattern.name}' routes over grid regions: its grid sizes must be constants")
+    tilings = []
+    for side, length in (("query", seq_q), ("key", seq_k)):
+        tiling = Tiling(length, _extended(sizes, length), region, tuple(range(len(sizes))))
+        if tiling.padded != length:
+            whole = math.prod(sizes[1:]) * region[0]
+            raise AttnlangError(
+                f"pattern '{pattern.name}' routes over regions {'x'.join(map(str, region))} of its grid "
+                f"{'x'.join(map(str, sizes))}: every region must be whole, so each inner grid size must be a multiple "
+                f"of the region's and the {side} length a multiple of {whole}, got {length}")
+        tilings.append(tiling)
+    return Layout("regions " + "x".join(map(str, region)), *tilings, kind="regions")
 
 
 # -- candidates -----------------------------------------------------------------------

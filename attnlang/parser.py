@@ -313,6 +313,10 @@ class _ToAst(Transformer):
         name, value = children
         return ast.Keyword(str(name), value, self._token_span(name))
 
+    def keyword_tuple(self, meta, children):
+        name, *items = children
+        return ast.Keyword(str(name), ast.Tuple(tuple(items), self._span(meta)), self._token_span(name))
+
     # expressions
     def if_expr(self, meta, children):
         return ast.IfExpr(*children, span=self._span(meta))

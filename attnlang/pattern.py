@@ -90,6 +90,12 @@ class Pattern:
         return self.ir.route is not None
 
     @property
+    def routes_regions(self) -> bool:
+        """Whether it routes over grid regions (`block = (a, b, ...)`): then it is analyzed,
+        simulated, compiled and referenced in the region layout, where each region is contiguous."""
+        return self.is_routed and self.ir.route.region is not None and self.layout.is_row_major
+
+    @property
     def depends_on_head(self) -> bool:
         return self.ir.uses("h")
 
@@ -137,6 +143,11 @@ class Pattern:
         if q is None or k is None:
             raise AttnlangError(f"pattern '{self.name}' routes by content: pass q= and k= to reference_mask, "
                                 "or static_only=True for its static mask")
+        if self.routes_regions:  # route in the region layout, read the mask back in token order
+            laid_out, (q_order, k_order), (q_back, k_back) = self._region_orders(seq_q, seq_k, heads)
+            mask = laid_out.reference_mask(seq_q, seq_k, heads, inputs, batch=batch, q=q[:, :, q_order],
+                                           k=k[:, :, k_order])
+            return np.ascontiguousarray(mask[:, q_back][:, :, k_back])
         import torch
         keep = reference._keep_mask(self.ir, seq_q, seq_k, heads, checked, batch)
         routed = reference.routed_mask(self.ir.route, torch.from_numpy(np.array(static))[None],
@@ -154,6 +165,13 @@ class Pattern:
             raise AttnlangError(f"pattern '{self.name}' is laid out ({self.layout}) for {self.layout_lengths[0]} x "
                                 f"{self.layout_lengths[1]} tokens: its positions are {padded[0]} x {padded[1]} in the "
                                 f"layout's order, not {seq_q} x {seq_k}")
+
+    def _region_orders(self, seq_q: int, seq_k: int, heads: int = 1):
+        """This pattern in its region layout, each side's order into it and the order back."""
+        from .layout import region_layout
+        layout = region_layout(self.ir, seq_q, seq_k, heads)
+        orders = tuple(tiling.order() for tiling in (layout.q, layout.k))
+        return self.with_layout(layout, seq_q, seq_k), orders, tuple(np.argsort(order) for order in orders)
 
     def with_layout(self, layout, seq_q: int, seq_k: int | None = None, block=(128, 64), *, heads: int = 16,
                     hardware="h100") -> "Pattern":
@@ -182,6 +200,9 @@ class Pattern:
         from .layout import LayoutChoice, choose_layout, is_spec, parse_layout
         seq_k = seq_q if seq_k is None else seq_k
         block = _tile_shape(block)
+        if self.routes_regions:  # its regions are blocks only in their own order
+            from .layout import region_layout
+            return LayoutChoice(region_layout(self.ir, seq_q, seq_k, heads), seq_q, block, str(hardware), {}, {})
         if is_spec(layout, "auto"):
             return choose_layout(self.ir, seq_q, seq_k, block, heads, head_dim, dtype, hardware, backward=backward)
         chosen = parse_layout(layout, self.ir, seq_q, seq_k, *block, heads=heads)
@@ -203,7 +224,7 @@ class Pattern:
         from .layout import LayoutChoice, is_spec
         seq_k = seq_q if seq_k is None else seq_k
         choice = None
-        if not is_spec(layout, "row-major"):
+        if not is_spec(layout, "row-major") or self.routes_regions:
             choice = layout if isinstance(layout, LayoutChoice) else self.choose_layout(
                 layout, seq_q, seq_k, block, heads=heads, hardware=hardware)
         if choice is not None and not choice.layout.is_row_major:
@@ -305,6 +326,8 @@ class Pattern:
     def _layout_applies(self, layout) -> bool:
         """Whether `layout` can reorder this pattern's tokens ("auto": it has a grid or a `% d`)."""
         from .layout import has_candidates, is_spec
+        if self.routes_regions:
+            return True
         if not self.layout.is_row_major or is_spec(layout, "row-major"):
             return False
         if is_spec(layout, "auto"):
@@ -336,6 +359,12 @@ class Pattern:
         A routing pattern selects from q and k, or attends to `selection` (bool `(B, H,
         query units, key blocks)`, e.g. `kernel.selection(q, k)`), still within its candidates.
         """
+        if self.routes_regions:  # route in the region layout, results back in token order
+            laid_out, (q_order, k_order), (q_back, _) = self._region_orders(q.shape[2], k.shape[2], q.shape[1])
+            out, lse = laid_out.reference_attention(q[:, :, q_order], k[:, :, k_order], v[:, :, k_order], inputs,
+                                                    scale, True, selection)
+            out, lse = out[:, :, q_back], lse[:, :, q_back]
+            return (out, lse) if return_lse else out
         return reference.reference_attention(self.ir, q, k, v, self.inputs_or_defaults(inputs), scale, return_lse,
                                              selection)
 

@@ -96,6 +96,8 @@ def _print(expr: ast.Expr) -> tuple[str, int]:
             return _print_binary(op, left, right), _BINARY_PRECEDENCE[op]
         case ast.IfExpr(cond, then, orelse):
             return f"if {print_expr(cond)} then {print_expr(then)} else {print_expr(orelse)}", _IF
+        case ast.Tuple(items):
+            return f"({', '.join(print_expr(item) for item in items)})", _POSTFIX
     raise TypeError(f"not an expression: {expr!r}")
 
 

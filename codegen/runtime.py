@@ -417,6 +417,14 @@ class LayoutKernel:
                                 "seq_other) first")
         return matches[0]
 
+    def selection(self, q, k, inputs=None):
+        """A routed pattern's selection for row-major q and k, in the layout's order (a grid
+        region routing's units and blocks are the regions): `AttentionKernel.selection`."""
+        choice, kernel, orders = self._entry(q.shape[2], k.shape[2])
+        q = q if orders["q"][0] is None else q.index_select(2, orders["q"][0].to(q.device))
+        k = k if orders["k"][0] is None else k.index_select(2, orders["k"][0].to(k.device))
+        return kernel.selection(q, k, inputs)
+
     # -- running ------------------------------------------------------------------------
 
     def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False, permuted: bool = False,

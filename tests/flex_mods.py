@@ -209,7 +209,7 @@ def dense(p, n_q, n_k, heads, inputs):
 
 # Small parameters, so that every mask has structure at a few hundred tokens. A routing
 # pattern's entry is its static mask (the routing is checked in tests/test_routing.py).
-ROUTED = ("moba", "biformer", "quest", "nsa_selected")
+ROUTED = ("moba", "biformer", "quest", "nsa_selected", "vmoba")
 MODS = {
     "causal": ({}, causal),
     "sliding_window": ({"window": 37}, sliding_window),
@@ -235,7 +235,8 @@ MODS = {
     "swin_shifted": ({"height": 20, "width": 20, "window": 4, "shift": 2}, swin_shifted),
     "halonet": ({"height": 20, "width": 20, "block": 4, "halo": 1}, halonet),
     "radial": ({"frames": 8, "frame_tokens": 40, "min_window": 4, "sink": True}, radial),
-    "biformer": ({"region_size": 4, "top": 2}, dense),
+    "biformer": ({"height": 8, "width": 8, "region": 4, "top": 2}, dense),
+    "vmoba": ({"frames": 2, "height": 4, "width": 8, "ct": 2, "cy": 2, "cx": 4, "threshold": 0.5, "top": 3}, dense),
     "quest": ({"page": 8, "top": 3}, causal),
     "nsa_selected": ({"block": 16, "top": 2}, causal),
     "cross_causal": ({}, cross_causal),

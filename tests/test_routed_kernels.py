@@ -22,8 +22,10 @@ from .flex_mods import ROUTED
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
 
-SMALL = {"moba": {"block": 16, "top": 2}, "quest": {"page": 8, "top": 3}, "nsa_selected": {"block": 16, "top": 3},
-         "biformer": {"region_size": 4, "top": 2}}
+SMALL = {"moba": ({"block": 16, "top": 2}, 72), "quest": ({"page": 8, "top": 3}, 72),
+         "nsa_selected": ({"block": 16, "top": 3}, 72),
+         "biformer": ({"height": 8, "width": 12, "region": 4, "top": 2}, 96),
+         "vmoba": ({"frames": 2, "height": 4, "width": 8, "ct": 2, "cy": 2, "cx": 4, "threshold": 0.5, "top": 3}, 128)}
 TIE = 1e-4  # scores this close (relative to their scale) may rank either way in float32
 
 
@@ -76,12 +78,15 @@ def assert_same_selection_but_near_ties(pattern, got, expected, q, k):
 def check_kernel(pattern, q, k, v, block=16, exact_selection=False):
     kernel = pattern.compile(block=block)
     selection = kernel.selection(q, k)
-    qd, kd, vd = (x.double() for x in (q, k, v))
-    reference_selection = _reference_selection(pattern, qd, kd)
+    routed, q_routed, k_routed = pattern, q, k
+    if pattern.routes_regions:  # a selection's units and blocks are the region layout's
+        routed, (q_order, k_order), _ = pattern._region_orders(q.shape[2], k.shape[2], q.shape[1])
+        q_routed, k_routed = q[:, :, q_order], k[:, :, k_order]
+    reference_selection = _reference_selection(routed, q_routed.double(), k_routed.double())
     if exact_selection:
         torch.testing.assert_close(selection, reference_selection, rtol=0, atol=0)
     else:
-        assert_same_selection_but_near_ties(pattern, selection, reference_selection, q, k)
+        assert_same_selection_but_near_ties(routed, selection, reference_selection, q_routed, k_routed)
     q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
     out, lse = kernel(q, k, v, return_lse=True)
     qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
@@ -106,8 +111,9 @@ def _reference_selection(pattern, q, k):
 
 @pytest.mark.parametrize("name", ROUTED)
 def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(name):
-    pattern = attnlang.stdlib()[name].bind(**SMALL[name])
-    q, k, v = tensors(7, 2, 4, 2, 72)
+    params, seq = SMALL[name]
+    pattern = attnlang.stdlib()[name].bind(**params)
+    q, k, v = tensors(7, 2, 4, 2, seq)
     check_kernel(pattern, q, k, v)
 
 

@@ -208,3 +208,55 @@ def test_every_routing_option_equals_a_loop_over_units_and_blocks(pool, qpool, s
 def test_routing_options_are_checked(source, message):
     with pytest.raises(AttnlangError, match=message):
         attnlang.parse(f"pattern r() {{ {source} }}")
+
+
+def region_oracle_mask(sizes, region, top, seq, q, k, per_token):
+    """Grid-region routing by loops in token order: a token's region from its grid coordinates,
+    each query region's (or token's) `top` regions by mean-query . mean-key, ties to the lower region."""
+    strides = [int(np.prod(sizes[i + 1:])) for i in range(len(sizes))]
+    counts = [-(-s // r) for s, r in zip(sizes, region)]
+    counts[0] = -(-(seq // strides[0]) // region[0])
+
+    def region_of(token):
+        coords = [token // strides[0]] + [token // strides[i] % sizes[i] for i in range(1, len(sizes))]
+        index = 0
+        for c, r, n in zip(coords, region, counts):
+            index = index * n + c // r
+        return index
+
+    ids = np.array([region_of(t) for t in range(seq)])
+    q, k = q[0].double(), k[0].double()
+    heads = q.shape[0]
+    selected = np.zeros((heads, seq, seq), dtype=bool)
+    for h in range(heads):
+        key_means = {j: k[h, ids == j].mean(0) for j in np.unique(ids)}
+        units = [[t] for t in range(seq)] if per_token else [list(np.flatnonzero(ids == j)) for j in np.unique(ids)]
+        for rows in units:
+            query = q[h, rows].mean(0)
+            scores = {j: float(query @ mean) for j, mean in key_means.items()}
+            for j in sorted(scores, key=lambda j: (-scores[j], j))[:top]:
+                selected[np.ix_([h], rows, np.flatnonzero(ids == j))] = True
+    return selected
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.sampled_from([((4, 6), (2, 3)), ((6, 4), (3, 2)), ((2, 4, 4), (2, 2, 2)), ((3, 2, 6), (1, 2, 3))]),
+       extent=st.integers(1, 3), top=st.integers(1, 3), per_token=st.booleans(), seed=st.integers(0, 999))
+def test_grid_region_routing_equals_a_loop_over_regions(shape, extent, top, per_token, seed):
+    sizes, region = shape
+    axes = ("t", "y", "x")[-len(sizes):]
+    pattern = attnlang.parse(f"""pattern r() {{
+    grid ({', '.join(axes)}) = ({', '.join(map(str, sizes))})
+    route topk({top}, block = ({', '.join(map(str, region))}){', qblock = 1' if per_token else ''})
+}}""")["r"]
+    seq = extent * region[0] * int(np.prod(sizes[1:]))  # whole regions; the first axis grows with seq
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, 2, seq, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    np.testing.assert_array_equal(pattern.reference_mask(seq, seq, heads=2, q=q, k=k),
+                                  region_oracle_mask(sizes, region, top, seq, q, k, per_token))
+
+
+def test_a_region_routing_refuses_lengths_that_cut_a_region(lib):
+    pattern = lib["biformer"].bind(height=8, width=8, region=4, top=2)
+    with pytest.raises(AttnlangError, match=r"every region must be whole.*multiple of 32, got 40"):
+        pattern.analyze(40, block=16)
