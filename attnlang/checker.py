@@ -98,6 +98,7 @@ class _Lowering:
         self.params = {p.name: (param_type(p), params[p.name]) for p in decl.params}
         self.lets: dict[str, _Let] = {}
         self.inputs: list[str] = []
+        self.input_types: dict[str, Type] = {}
         self.grid: _Grid | None = None
         self.masks: list[ir.Expr] = []
         self.logit: ir.Expr = ir.Var("score", Type.FLOAT)
@@ -191,6 +192,7 @@ class _Lowering:
         if stmt.name in self.inputs:
             raise AttnlangError(f"input '{stmt.name}' is declared twice", stmt.span)
         self.inputs.append(stmt.name)
+        self.input_types[stmt.name] = Type.FLOAT if stmt.dtype == "float" else Type.INT
 
     def stmt_Use(self, stmt: ast.Use):
         used = self._inline_pattern(stmt.name, stmt.args, stmt.kwargs, stmt.span)
@@ -356,6 +358,8 @@ class _Lowering:
         for input_name in used.inputs:
             if input_name not in self.inputs:
                 self.inputs.append(input_name)
+        for input_name in ir.float_inputs(used):
+            self.input_types[input_name] = Type.FLOAT
         return used
 
     def _of_parameters_only(self, value: ir.Expr) -> bool:
@@ -466,7 +470,7 @@ class _Lowering:
         if any(isinstance(n, ir.Var) and n.name == "score" for n in ir.walk(index)):
             # the index range is checked before attention runs, so it cannot depend on the scores
             raise AttnlangError("an input index cannot depend on score", _span_of(node.index))
-        return ir.Load(node.name, index, node.span)
+        return ir.Load(node.name, index, node.span, self.input_types.get(node.name, Type.INT))
 
     def expr_Call(self, node: ast.Call):
         if node.func in BUILTINS:

@@ -192,8 +192,10 @@ def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | No
     constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads}
     params = ", ".join(f"{k}={v!r}" for k, v in pattern.params)
     lines = [f'"""FlexAttention mods of attnlang pattern {pattern.name}({params})."""', "", _HEADER]
+    floats = ir.float_inputs(pattern)
     for name in pattern.inputs:
-        lines.append(f"input_{name} = None  # runtime input '{name}': one int per token\n")
+        kind = "float (float64)" if name in floats else "int (int64)"
+        lines.append(f"input_{name} = None  # runtime input '{name}': one {kind} per token\n")
     mask = pattern.mask
     if isinstance(mask, ir.Const):  # FlexAttention wants a tensor even from a constant mask
         mask = ir.Binary(">=" if mask.value else "<", ir.Var("q", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
@@ -214,9 +216,12 @@ def flex_mods(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None
     namespace: dict = {}
     source = flex_source(pattern, seq_q, seq_k, heads, static_only=True)
     exec(compile(source, f"<attnlang:{pattern.name}>", "exec"), namespace)
+    floats = ir.float_inputs(pattern)
     for name in pattern.inputs:
         if inputs is None or name not in inputs:
             raise AttnlangError(f"pattern '{pattern.name}' needs input '{name}' for its mask_mod")
+        dtype = torch.float64 if name in floats else torch.int64  # floats are computed in float64
         value = inputs[name]
-        namespace[f"input_{name}"] = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value, np.int64))
+        namespace[f"input_{name}"] = (value.to(dtype) if isinstance(value, torch.Tensor)
+                                      else torch.as_tensor(np.asarray(value), dtype=dtype))
     return namespace["mask_mod"], namespace["score_mod"]

@@ -64,7 +64,7 @@ class Interval:
 
 
 class RangeMinMax:
-    """Minimum and maximum of a 1-D int array over index ranges, many ranges at once.
+    """Minimum and maximum of a 1-D int (or float) array over index ranges, many ranges at once.
 
     Prefix/suffix extrema inside blocks of `BLOCK` entries plus a sparse table over the
     blocks answer a range spanning blocks in O(1); a range inside one block is scanned
@@ -75,12 +75,15 @@ class RangeMinMax:
     BLOCK = 8
 
     def __init__(self, values: np.ndarray):
-        self.values = np.asarray(values, dtype=np.int64)
+        values = np.asarray(values)
+        dtype = np.float64 if values.dtype.kind == "f" else np.int64
+        self.values = values.astype(dtype)
         n = len(self.values)
         b = self.BLOCK
         blocks = -(-n // b)
-        padded_min = np.full(blocks * b, np.iinfo(np.int64).max, dtype=np.int64)
-        padded_max = np.full(blocks * b, np.iinfo(np.int64).min, dtype=np.int64)
+        high, low = (np.inf, -np.inf) if dtype is np.float64 else (np.iinfo(np.int64).max, np.iinfo(np.int64).min)
+        padded_min = np.full(blocks * b, high, dtype=dtype)
+        padded_max = np.full(blocks * b, low, dtype=dtype)
         padded_min[:n] = padded_max[:n] = self.values
         grid_min, grid_max = padded_min.reshape(blocks, b), padded_max.reshape(blocks, b)
         self.prefix_min = np.minimum.accumulate(grid_min, axis=1).ravel()
@@ -101,8 +104,8 @@ class RangeMinMax:
         lo = np.clip(np.asarray(lo, dtype=np.int64), 0, n - 1)
         hi = np.clip(np.asarray(hi, dtype=np.int64), 0, n - 1)
         lo, hi = np.broadcast_arrays(lo, hi)
-        out_min = np.empty(lo.shape, dtype=np.int64)
-        out_max = np.empty(lo.shape, dtype=np.int64)
+        out_min = np.empty(lo.shape, dtype=self.values.dtype)
+        out_max = np.empty(lo.shape, dtype=self.values.dtype)
         b = self.BLOCK
         first, last = lo // b, hi // b
         same = first == last
@@ -131,8 +134,8 @@ class RangeMinMax:
 
     def _blocks(self, a, z):
         level = np.floor(np.log2(z - a + 1)).astype(np.int64)
-        mins = np.empty(len(a), dtype=np.int64)
-        maxs = np.empty(len(a), dtype=np.int64)
+        mins = np.empty(len(a), dtype=self.values.dtype)
+        maxs = np.empty(len(a), dtype=self.values.dtype)
         for j in np.unique(level):
             sel = level == j
             left, right = a[sel], z[sel] - 2**j + 1

@@ -17,7 +17,7 @@ from .errors import Span
 __all__ = [
     "Type", "BinaryOp", "UnaryOp", "Func", "ARITHMETIC", "COMPARISONS", "LOGIC", "Expr", "Const", "Var", "Load", "Cast", "Unary", "Binary", "Call", "Select",
     "NODE_TYPES", "VARIABLES", "RouteIR", "PatternIR", "Visitor", "children", "walk",
-    "replace_children", "substitute", "TRUE", "FALSE",
+    "replace_children", "substitute", "TRUE", "FALSE", "float_inputs",
 ]
 
 
@@ -131,12 +131,20 @@ class Var(Expr):
 
 @dataclass(frozen=True)
 class Load(Expr):
-    """`input[index]`: one integer of a runtime input, per token."""
+    """`input[index]`: one value of a runtime input, per token (an int, or a float for
+    `input NAME: float[tokens]`)."""
 
     input: str
     index: Expr
     span: Span | None = _span()
-    type: Type = field(default=Type.INT, init=False)
+    type: Type = Type.INT
+
+
+def float_inputs(pattern: "PatternIR") -> tuple[str, ...]:
+    """The inputs the pattern reads as floats (`input NAME: float[tokens]`)."""
+    roots = [pattern.mask, pattern.logit] + ([pattern.route.keep] if pattern.route else [])
+    return tuple(dict.fromkeys(n.input for root in roots for n in walk(root)
+                               if isinstance(n, Load) and n.type is Type.FLOAT))
 
 
 @dataclass(frozen=True)
@@ -269,7 +277,8 @@ class PatternIR:
     def __str__(self) -> str:
         args = ", ".join(f"{k} = {_literal_text(v)}" for k, v in self.params)
         lines = [f"pattern {self.name}({args}) {{"]
-        lines += [f"    input {name}: int[tokens]" for name in self.inputs]
+        floats = float_inputs(self)
+        lines += [f"    input {name}: {'float' if name in floats else 'int'}[tokens]" for name in self.inputs]
         lines.append(f"    mask {self.mask}")
         if self.logit != Var("score", Type.FLOAT):
             lines.append(f"    score {self.logit}")
@@ -312,7 +321,7 @@ def replace_children(node: Expr, new: tuple[Expr, ...]) -> Expr:
         case Const() | Var():
             return node
         case Load():
-            return Load(node.input, new[0], node.span)
+            return Load(node.input, new[0], node.span, node.type)
         case Cast():
             return Cast(new[0], node.type, node.span)
         case Unary():

@@ -41,6 +41,8 @@ _CHARACTER_HINTS = {
     '"': "strings are not part of the language",
 }
 
+INPUT_DTYPES = ("int", "float")  # what `input NAME: DTYPE[tokens]` declares
+
 
 @functools.cache
 def _parser() -> lark.Lark:
@@ -279,13 +281,13 @@ class _ToAst(Transformer):
 
     def input(self, meta, children):
         name, dtype, extent = children
-        if str(dtype) != "int":
-            raise AttnlangError(f"inputs are integer tensors: write 'int', not '{dtype}'",
+        if str(dtype) not in INPUT_DTYPES:
+            raise AttnlangError(f"an input holds ints or floats, one per token: write 'int' or 'float', not '{dtype}'",
                                 self._token_span(dtype))
         if str(extent) != "tokens":
             raise AttnlangError(f"inputs have one entry per token: write '[tokens]', not '[{extent}]'",
                                 self._token_span(extent))
-        return ast.Input(str(name), span=self._span(meta))
+        return ast.Input(str(name), str(dtype), span=self._span(meta))
 
     def use(self, meta, children):
         name, arguments = children

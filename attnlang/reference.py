@@ -207,7 +207,8 @@ def evaluate_scalar(node: ir.Expr):
 # -- masks ---------------------------------------------------------------------------------
 
 def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch: int | None = None) -> dict:
-    """Validate runtime inputs against the pattern's declarations; return int64 arrays.
+    """Validate runtime inputs against the pattern's declarations; return int64 arrays (float64
+    for the inputs it reads as floats).
 
     Each input is a 1-D array of at least `length` entries (one per token) or, with a
     batch, a 2-D array (batch, tokens) from which row `batch` is taken.
@@ -222,8 +223,9 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
         declared = ", ".join(pattern.inputs) or "none"
         raise AttnlangError(f"pattern '{pattern.name}' has no input '{unknown[0]}' (its inputs: {declared})")
     checked = {}
+    floats = ir.float_inputs(pattern)
     for name in pattern.inputs:
-        array = _as_int_array(inputs[name], name)
+        array = _as_float_array(inputs[name], name) if name in floats else _as_int_array(inputs[name], name)
         if array.ndim == 2:
             row = 0 if batch is None else batch
             if row >= array.shape[0]:
@@ -237,6 +239,19 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
                                 f"{length} tokens")
         checked[name] = array
     return checked
+
+
+def _as_float_array(value, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "iubf":
+        raise AttnlangError(f"input '{name}' must hold numbers (a float input), got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if np.isnan(array).any():
+        raise AttnlangError(f"input '{name}' holds NaN at token {int(np.flatnonzero(np.isnan(array))[0])}: "
+                            "a float input needs a value (inf allowed) for every token")
+    return array
 
 
 def _as_int_array(value, name: str) -> np.ndarray:

@@ -5,6 +5,7 @@ schedules per-token routing can take (tile-major, what the kernels run, vs key-b
     python benchmarks/routing.py                 # on a GPU: 16K-128K, bf16, B=1, H=16, D=128
     python benchmarks/routing.py --smoke         # tiny shapes on CPU (Triton interpreter), plumbing only
     python benchmarks/routing.py --schedules     # CPU: tiles each schedule visits, selections by the reference
+    python benchmarks/routing.py --simulate      # CPU: the simulator's routed bound and selection stage, H100
 
 Selection memory is the peak CUDA allocation during the selection stage above what was
 allocated before it (the pooled keys and queries and the chosen indices); a units x blocks
@@ -138,14 +139,37 @@ def schedules(seq, block, top, tile, data, seed=0, heads=2, head_dim=64):
             "static_tiles": int((maps["static"] != 0).sum()) * heads}
 
 
+SIMULATED = ("moba", "moba_blocks", "nsa_selected", "quest", "biformer", "vmoba", "causal")
+
+
+def simulated(lengths=(16384, 65536)):
+    """The simulator's prediction (H100, bf16, B=1, H=16, D=128, forward + backward): the routed
+    bound plus the selection stage. Grid patterns run at their grid's lengths."""
+    rows = []
+    for name in SIMULATED:
+        pattern = lookup(name)
+        sizes = pattern.ir.grid and [int(pattern.params[p]) for p in pattern.params if p in ("frames", "height", "width")]
+        for seq in ([int(np.prod(sizes))] if sizes else lengths):
+            result = attnlang.simulate(pattern, seq=seq)
+            rows.append({"pattern": result.pattern, "seq": seq, "time_ms": result.time_ms, "speedup": result.speedup,
+                         "selection_ms": result.breakdown["selection"], "upper_bound": result.upper_bound})
+            print(rows[-1])
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="16384,32768,65536,131072")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--schedules", action="store_true")
+    parser.add_argument("--simulate", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     payload = {"environment": environment()}
+    if args.simulate:
+        payload["simulated"] = simulated()
+        write_json("routing_simulated", payload, args.out)
+        return
     if args.schedules:
         payload["schedules"] = [schedules(seq, block, 3, 64, data) for seq in (4096, 8192)
                                 for block in (256, 512) for data in ("random", "local")]

@@ -27,7 +27,8 @@ Glossary:
     CHOSEN         a routed pattern's selection: int32 (batch, heads / ROUTE_SHARE, units,
                    ROUTE_TOP) key-block indices per query unit (ROUTE_QBLOCK tokens), -1 for none
     GROUP          query heads per key/value head (grouped-query attention)
-    INPUTS         the runtime inputs stacked: int64 (inputs, rows, tokens); the pattern reads
+    INPUTS         the runtime inputs stacked: int64 (inputs, rows, tokens), a float input as
+                   the bits of its float64 values; the pattern reads
                    input i of batch entry b at INPUTS_B + i * stride_input, where INPUTS_B is
                    already offset to the program's batch row
 Empty tiles are never visited. Rows with no allowed key give output 0 and LSE -inf, never NaN.
@@ -51,6 +52,7 @@ PATTERN = "dense()"
 MASK_READS_HEAD = False
 MASK_READS_BATCH = False
 INPUT_NAMES = ()
+FLOAT_INPUTS = ()
 INPUT_READS = ""
 BLOCK = (64, 64)
 ROUTE = None
@@ -554,8 +556,11 @@ def _kernel_tables(kinds):
 
 def stack_inputs(inputs, device):
     """The runtime inputs as one int64 (inputs, rows, tokens) tensor, the batch stride (0 when every
-    input has one row), the padded length, and each input's own length."""
-    tensors = [torch.as_tensor(inputs[name]).to(device=device, dtype=torch.int64) for name in INPUT_NAMES]
+    input has one row), the padded length, and each input's own length. A float input is held as
+    the bits of its float64 values (the kernels load it with a bitcast)."""
+    tensors = [torch.as_tensor(inputs[name]).to(device=device, dtype=torch.float64).view(torch.int64)
+               if name in FLOAT_INPUTS else torch.as_tensor(inputs[name]).to(device=device, dtype=torch.int64)
+               for name in INPUT_NAMES]
     tensors = [t if t.dim() == 2 else t[None] for t in tensors]
     if not tensors:
         return torch.zeros((1, 1, 1), dtype=torch.int64, device=device), 0, 1, torch.ones(1, dtype=torch.int64,

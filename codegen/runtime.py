@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from attnlang.analysis import pairs_depend_on
+from attnlang.ir import float_inputs as ir_float_inputs
 from attnlang.errors import AttnlangError
 
 from . import op
@@ -248,12 +249,14 @@ class AttentionKernel:
         missing = [name for name in self.pattern.inputs if name not in inputs]
         if missing:
             raise AttnlangError(f"pattern '{self.pattern.name}' needs input '{missing[0]}': pass inputs={{"
-                                f"'{missing[0]}': ...}} with one int per token")
+                                f"'{missing[0]}': ...}} with one value per token")
         unknown = [name for name in inputs if name not in self.pattern.inputs]
         if unknown:
             raise AttnlangError(f"pattern '{self.pattern.name}' has no input '{unknown[0]}' "
                                 f"(its inputs: {', '.join(self.pattern.inputs) or 'none'})")
-        return [torch.as_tensor(inputs[name]).to(device=device, dtype=torch.int64) for name in self.pattern.inputs]
+        floats = ir_float_inputs(self.pattern.ir)
+        return [torch.as_tensor(inputs[name]).to(device=device, dtype=torch.float64 if name in floats else torch.int64)
+                for name in self.pattern.inputs]
 
     def _check(self, q, k, v):
         for name, t in (("q", q), ("k", k), ("v", v)):
@@ -293,8 +296,8 @@ def _inputs_key(inputs) -> str:
         return ""
     digest = hashlib.sha256()
     for name in sorted(inputs):
-        array = np.ascontiguousarray(_numpy(inputs[name]).astype(np.int64))
-        digest.update(name.encode() + str(array.shape).encode() + array.tobytes())
+        array = np.ascontiguousarray(_numpy(inputs[name]))  # its dtype too: 1 and 1.0 hash apart
+        digest.update(name.encode() + str((array.shape, array.dtype.str)).encode() + array.tobytes())
     return digest.hexdigest()
 
 

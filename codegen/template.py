@@ -120,6 +120,7 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
         f"MASK_READS_HEAD = {pairs_depend_on(pattern, 'h')}",
         f"MASK_READS_BATCH = {pairs_depend_on(pattern, 'b')}",
         f"INPUT_NAMES = {tuple(pattern.inputs)!r}",
+        f"FLOAT_INPUTS = {ir.float_inputs(pattern)!r}",
         f"INPUT_READS = {reads!r}",
         f"BLOCK = {tuple(block)!r}",
         f"ROUTE = {_route_constant(pattern.route)}",

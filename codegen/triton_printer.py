@@ -133,8 +133,11 @@ class TritonPrinter(TorchPrinter):
         row = self.context.inputs.index(node.input)
         offset = f"{row} * stride_input + " if row else ""
         # the mask keeps padding lanes (past n_q or n_k, outside the proof of range) in memory
-        return (f"tl.load(INPUTS_B + {offset}{index}, mask=({index} >= 0) & ({index} < INPUT_LEN), "
-                f"other=0)"), _ATOM
+        load = f"tl.load(INPUTS_B + {offset}{index}, mask=({index} >= 0) & ({index} < INPUT_LEN), other=0)"
+        if node.type is Type.FLOAT:  # float64 bits in the int64 stack
+            float_type = "tl.float64" if self.wide else "tl.float32"
+            load += ".to(tl.float64, bitcast=True)" + ("" if self.wide else f".to({float_type})")
+        return load, _ATOM
 
     def visit_Cast(self, node: ir.Cast):
         float_type = "tl.float64" if self.wide else "tl.float32"
