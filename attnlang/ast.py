@@ -178,6 +178,9 @@ class Input(Stmt):
     dtype: str = "int"
     extent: str = "tokens"
     span: Span | None = _span()
+    # a block input (`bool[heads, blocks(BQ, BK)]`): its block sizes, and whether it has a head axis
+    blocks: tuple[Expr, ...] = ()
+    per_head: bool = False
 
 
 @dataclass(frozen=True)

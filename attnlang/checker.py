@@ -99,6 +99,7 @@ class _Lowering:
         self.lets: dict[str, _Let] = {}
         self.inputs: list[str] = []
         self.input_types: dict[str, Type] = {}
+        self.block_inputs: dict[str, tuple[str, int, int, bool, str]] = {}
         self.grid: _Grid | None = None
         self.masks: list[ir.Expr] = []
         self.logit: ir.Expr = ir.Var("score", Type.FLOAT)
@@ -128,6 +129,7 @@ class _Lowering:
             route=self.route,
             grid=self.grid.sizes if self.grid else (),
             span=self.decl.span,
+            block_inputs=tuple(self.block_inputs.values()),
         )
 
     # -- statements -------------------------------------------------------------------
@@ -193,6 +195,9 @@ class _Lowering:
             raise AttnlangError(f"input '{stmt.name}' is declared twice", stmt.span)
         self.inputs.append(stmt.name)
         self.input_types[stmt.name] = Type.FLOAT if stmt.dtype == "float" else Type.INT
+        if stmt.extent == "blocks":
+            sizes = [self._constant_int(size, "a block input's block size", minimum=1) for size in stmt.blocks]
+            self.block_inputs[stmt.name] = (stmt.name, sizes[0], sizes[-1], stmt.per_head, stmt.dtype)
 
     def stmt_Use(self, stmt: ast.Use):
         used = self._inline_pattern(stmt.name, stmt.args, stmt.kwargs, stmt.span)
@@ -208,7 +213,7 @@ class _Lowering:
                                 "attnlang routes with topk(K, block = B, qblock = 1, pool = mean, qpool = mean, "
                                 "share = head, keep = EXPR) or top_p(P, max = K, block = B, ...)",
                                 stmt.span)
-        options = ["block", "pool", "keep", "qblock", "qpool", "share"]
+        options = ["block", "pool", "keep", "qblock", "qpool", "share", "by"]
         if stmt.func == "topk":
             bound = self._bind_arguments("topk", ["top"] + options, stmt.args, stmt.kwargs, stmt.span,
                                          required=["top", "block"])
@@ -237,8 +242,29 @@ class _Lowering:
             if keep.type is not Type.BOOL:
                 raise AttnlangError(f"keep expects a boolean expression, found {keep.type}",
                                     _span_of(bound["keep"]))
+        by = self._route_scores(bound, qblock or block, block, region)
         self._set_route(ir.RouteIR(top, block, pool, keep, qblock=qblock, qpool=qpool, share=share, top_p=top_p,
-                                   region=region, span=stmt.span), stmt.span)
+                                   region=region, by=by, span=stmt.span), stmt.span)
+
+    def _route_scores(self, bound: dict, units: int, block: int, region) -> str | None:
+        """`by = NAME`: the routing's scores are a float block input of blocks(units, block)."""
+        if "by" not in bound:
+            return None
+        value = bound["by"]
+        name = value.id if isinstance(value, ast.Name) else None
+        if name not in self.block_inputs or self.block_inputs[name][4] != "float":
+            raise AttnlangError(f"by names the routing's scores: a float block input, e.g. input s: "
+                                f"float[heads, blocks({units}, {block})]", _span_of(value))
+        _, bq, bk, _, _ = self.block_inputs[name]
+        if (bq, bk) != (units, block) or region is not None:
+            raise AttnlangError(f"the scores '{name}' are of blocks({bq}, {bk}), but the routing's units and blocks are "
+                                f"({units}, {block}) tokens" + (" (grid regions are not blocks of tokens)" if region
+                                                               else ""), _span_of(value))
+        for option in ("pool", "qpool"):
+            if option in bound:
+                raise AttnlangError(f"{option} summarizes q and k for the scores, which by = {name} gives: drop it",
+                                    _span_of(bound[option]))
+        return name
 
     def _region(self, value) -> tuple[int, ...] | None:
         """`block = (a, b, ...)`: a region of the grid, one positive size per axis."""
@@ -360,6 +386,8 @@ class _Lowering:
                 self.inputs.append(input_name)
         for input_name in ir.float_inputs(used):
             self.input_types[input_name] = Type.FLOAT
+        for block_input in used.block_inputs:
+            self.block_inputs[block_input[0]] = block_input
         return used
 
     def _of_parameters_only(self, value: ir.Expr) -> bool:
@@ -423,6 +451,8 @@ class _Lowering:
             return ir.Var("score", Type.FLOAT, node.span)
         if name in ir.VARIABLES:
             return ir.Var(name, ir.VARIABLES[name], node.span)
+        if name in self.block_inputs:
+            return self._block_read(self.block_inputs[name], node.span)
         if name in self.inputs:
             raise AttnlangError(f"input '{name}' holds one value per token; index it: {name}[q] or {name}[k]",
                                 node.span)
@@ -432,6 +462,27 @@ class _Lowering:
             raise AttnlangError(f"'{name}' is a pattern; call it to use its mask: {name}()", node.span)
         candidates = list(self.lets) + list(self.params) + list(ir.VARIABLES) + self.inputs
         raise AttnlangError(f"unknown name '{name}'{did_you_mean(name, candidates)}", node.span)
+
+    @staticmethod
+    def _block_read(block_input, span) -> ir.Expr:
+        """A block input's value at the pair's blocks: its flattened (heads, query blocks, key
+        blocks) entry ((h * QB + q // BQ) * KB + k // BK); a bool one as `!= 0`."""
+        name, bq, bk, per_head, dtype = block_input
+        def int_(value):
+            return ir.Const(value, Type.INT)
+        def var(n):
+            return ir.Var(n, Type.INT)
+        def div(a, b):
+            return ir.Binary("//", a, b, Type.INT)
+        key_blocks = div(ir.Binary("+", var("n_k"), int_(bk - 1), Type.INT), int_(bk))
+        row = div(var("q"), int_(bq))
+        if per_head:
+            query_blocks = div(ir.Binary("+", var("n_q"), int_(bq - 1), Type.INT), int_(bq))
+            row = ir.Binary("+", ir.Binary("*", var("h"), query_blocks, Type.INT), row, Type.INT)
+        index = ir.Binary("+", ir.Binary("*", row, key_blocks, Type.INT), div(var("k"), int_(bk)), Type.INT)
+        value_type = Type.FLOAT if dtype == "float" else Type.INT
+        load = ir.Load(name, fold_constants(index), span, value_type)
+        return load if dtype == "float" else ir.Binary("!=", load, int_(0), Type.BOOL, span)
 
     def _read_score(self, span, via: str | None = None):
         if not self.score_allowed:
@@ -458,6 +509,9 @@ class _Lowering:
         return coordinate
 
     def expr_Index(self, node: ast.Index):
+        if node.name in self.block_inputs:
+            raise AttnlangError(f"'{node.name}' is a block input: write its name alone for its value at the pair's "
+                                "blocks", node.span)
         if node.name not in self.inputs:
             if node.name in self.lets or node.name in self.params or node.name in ir.VARIABLES:
                 raise AttnlangError(f"'{node.name}' is not an input and cannot be indexed", node.span)

@@ -192,10 +192,11 @@ def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | No
     constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads}
     params = ", ".join(f"{k}={v!r}" for k, v in pattern.params)
     lines = [f'"""FlexAttention mods of attnlang pattern {pattern.name}({params})."""', "", _HEADER]
-    floats = ir.float_inputs(pattern)
+    floats, blocks = ir.float_inputs(pattern), {block_input[0] for block_input in pattern.block_inputs}
     for name in pattern.inputs:
         kind = "float (float64)" if name in floats else "int (int64)"
-        lines.append(f"input_{name} = None  # runtime input '{name}': one {kind} per token\n")
+        where = "(heads, query blocks, key blocks) entry, flattened" if name in blocks else "token"
+        lines.append(f"input_{name} = None  # runtime input '{name}': one {kind} per {where}\n")
     mask = pattern.mask
     if isinstance(mask, ir.Const):  # FlexAttention wants a tensor even from a constant mask
         mask = ir.Binary(">=" if mask.value else "<", ir.Var("q", Type.INT), ir.Const(0, Type.INT), Type.BOOL)
@@ -216,12 +217,12 @@ def flex_mods(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None
     namespace: dict = {}
     source = flex_source(pattern, seq_q, seq_k, heads, static_only=True)
     exec(compile(source, f"<attnlang:{pattern.name}>", "exec"), namespace)
-    floats = ir.float_inputs(pattern)
+    floats, blocks = ir.float_inputs(pattern), {block_input[0] for block_input in pattern.block_inputs}
     for name in pattern.inputs:
         if inputs is None or name not in inputs:
             raise AttnlangError(f"pattern '{pattern.name}' needs input '{name}' for its mask_mod")
         dtype = torch.float64 if name in floats else torch.int64  # floats are computed in float64
         value = inputs[name]
-        namespace[f"input_{name}"] = (value.to(dtype) if isinstance(value, torch.Tensor)
-                                      else torch.as_tensor(np.asarray(value), dtype=dtype))
+        value = value.to(dtype) if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value), dtype=dtype)
+        namespace[f"input_{name}"] = value.reshape(-1) if name in blocks else value  # as its reads index it
     return namespace["mask_mod"], namespace["score_mod"]

@@ -141,10 +141,10 @@ class Load(Expr):
 
 
 def float_inputs(pattern: "PatternIR") -> tuple[str, ...]:
-    """The inputs the pattern reads as floats (`input NAME: float[tokens]`)."""
+    """The inputs the pattern reads as floats (`input NAME: float[tokens]`, or a float block input)."""
     roots = [pattern.mask, pattern.logit] + ([pattern.route.keep] if pattern.route else [])
-    return tuple(dict.fromkeys(n.input for root in roots for n in walk(root)
-                               if isinstance(n, Load) and n.type is Type.FLOAT))
+    read = [n.input for root in roots for n in walk(root) if isinstance(n, Load) and n.type is Type.FLOAT]
+    return tuple(dict.fromkeys(read + [b[0] for b in pattern.block_inputs if b[4] == "float"]))
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,8 @@ class RouteIR:
     # `block = (a, b, ...)`: a region of the pattern's grid (block = a * b * ...); its tokens are
     # contiguous only in the region layout (attnlang.layout.region_layout), where it routes
     region: tuple[int, ...] | None = None
+    # `by = NAME`: a float block input of blocks(units, block) whose values are the scores
+    by: str | None = None
     span: Span | None = _span()
 
     @property
@@ -241,7 +243,8 @@ class RouteIR:
         parts = [f", qblock = {self.qblock}" if self.qblock is not None else "",
                  f", pool = {self.pool}" if self.pool != "mean" else "",
                  f", qpool = {self.qpool}" if self.qpool != "mean" else "",
-                 f", share = {self.share}" if self.share != "head" else ""]
+                 f", share = {self.share}" if self.share != "head" else "",
+                 f", by = {self.by}" if self.by else ""]
         return "".join(parts)
 
 
@@ -264,6 +267,9 @@ class PatternIR:
     # already lowered to `//` and `%` of q and k in mask and logit; layouts read the grid)
     grid: tuple[tuple[str, Expr], ...] = ()
     span: Span | None = _span()
+    # `input m: bool[heads, blocks(BQ, BK)]`: (name, BQ, BK, per head, dtype) of each block input,
+    # read as a per-token input of its flattened values (index lowered in mask and logit)
+    block_inputs: tuple[tuple[str, int, int, bool, str], ...] = ()
 
     @property
     def param_dict(self) -> dict:
@@ -277,8 +283,13 @@ class PatternIR:
     def __str__(self) -> str:
         args = ", ".join(f"{k} = {_literal_text(v)}" for k, v in self.params)
         lines = [f"pattern {self.name}({args}) {{"]
-        floats = float_inputs(self)
-        lines += [f"    input {name}: {'float' if name in floats else 'int'}[tokens]" for name in self.inputs]
+        floats, blocks = float_inputs(self), {b[0]: b for b in self.block_inputs}
+        for name in self.inputs:
+            if name in blocks:
+                _, bq, bk, per_head, dtype = blocks[name]
+                lines.append(f"    input {name}: {dtype}[{'heads, ' if per_head else ''}blocks({bq}, {bk})]")
+            else:
+                lines.append(f"    input {name}: {'float' if name in floats else 'int'}[tokens]")
         lines.append(f"    mask {self.mask}")
         if self.logit != Var("score", Type.FLOAT):
             lines.append(f"    score {self.logit}")

@@ -41,7 +41,8 @@ _CHARACTER_HINTS = {
     '"': "strings are not part of the language",
 }
 
-INPUT_DTYPES = ("int", "float")  # what `input NAME: DTYPE[tokens]` declares
+INPUT_DTYPES = ("int", "float")         # what `input NAME: DTYPE[tokens]` declares
+BLOCK_INPUT_DTYPES = ("bool", "float")  # and `input NAME: DTYPE[blocks(BQ, BK)]`
 
 
 @functools.cache
@@ -288,6 +289,19 @@ class _ToAst(Transformer):
             raise AttnlangError(f"inputs have one entry per token: write '[tokens]', not '[{extent}]'",
                                 self._token_span(extent))
         return ast.Input(str(name), str(dtype), span=self._span(meta))
+
+    def block_input(self, meta, children):
+        name, dtype, heads, extent, sizes = children
+        if str(dtype) not in BLOCK_INPUT_DTYPES:
+            raise AttnlangError(f"a block input holds bools (a block mask) or floats (block scores): write 'bool' or "
+                                f"'float', not '{dtype}'", self._token_span(dtype))
+        if heads is not None and str(heads) != "heads":
+            raise AttnlangError(f"a block input's first axis is 'heads' (one map per head), not '{heads}'",
+                                self._token_span(heads))
+        if str(extent) != "blocks" or len(sizes) not in (1, 2):
+            raise AttnlangError("a block input is indexed by blocks: write [blocks(BQ, BK)] or [heads, blocks(BQ, BK)] "
+                                "(BQ query tokens by BK key tokens; blocks(B) for square ones)", self._token_span(extent))
+        return ast.Input(str(name), str(dtype), "blocks", self._span(meta), tuple(sizes), heads is not None)
 
     def use(self, meta, children):
         name, arguments = children

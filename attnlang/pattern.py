@@ -135,7 +135,8 @@ class Pattern:
         _check_positive("seq_k", seq_k)
         _check_positive("heads", heads)
         self._check_laid_out_lengths(seq_q, seq_k)
-        checked = reference.check_inputs(self.ir, self.inputs_or_defaults(inputs), max(seq_q, seq_k), batch)
+        checked = reference.check_inputs(self.ir, self.inputs_or_defaults(inputs), max(seq_q, seq_k), batch,
+                                         (seq_q, seq_k))
         static = reference.mask_block(self.ir, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                       checked, batch=batch)
         if not self.is_routed or static_only:
@@ -150,8 +151,11 @@ class Pattern:
             return np.ascontiguousarray(mask[:, q_back][:, :, k_back])
         import torch
         keep = reference._keep_mask(self.ir, seq_q, seq_k, heads, checked, batch)
+        from .routing import input_scores
+        scores = input_scores(self.ir.route, [checked], seq_q, seq_k, heads)
         routed = reference.routed_mask(self.ir.route, torch.from_numpy(np.array(static))[None],
-                                       torch.from_numpy(keep)[None], q[batch:batch + 1], k[batch:batch + 1])
+                                       torch.from_numpy(keep)[None], q[batch:batch + 1], k[batch:batch + 1],
+                                       scores=scores)
         return routed[0].cpu().numpy()
 
     # -- layouts ------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def _print_stmt(stmt: ast.Stmt) -> str:
             return f"score {print_expr(expr)}"
         case ast.Grid(axes, sizes):
             return f"grid ({', '.join(axes)}) = ({', '.join(print_expr(s) for s in sizes)})"
+        case ast.Input(name, dtype, "blocks", _, blocks, per_head):
+            return f"input {name}: {dtype}[{'heads, ' if per_head else ''}blocks({', '.join(map(print_expr, blocks))})]"
         case ast.Input(name, dtype, extent):
             return f"input {name}: {dtype}[{extent}]"
         case ast.Use(name, args, kwargs):

@@ -206,12 +206,15 @@ def evaluate_scalar(node: ir.Expr):
 
 # -- masks ---------------------------------------------------------------------------------
 
-def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch: int | None = None) -> dict:
+def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch: int | None = None,
+                 lengths: tuple[int, int] | None = None) -> dict:
     """Validate runtime inputs against the pattern's declarations; return int64 arrays (float64
     for the inputs it reads as floats).
 
     Each input is a 1-D array of at least `length` entries (one per token) or, with a
-    batch, a 2-D array (batch, tokens) from which row `batch` is taken.
+    batch, a 2-D array (batch, tokens) from which row `batch` is taken. A block input
+    (`bool[heads, blocks(BQ, BK)]`) is ([batch,] [heads,] query blocks, key blocks) at
+    `lengths` (seq_q, seq_k; default both `length`), returned flattened as its reads index it.
     """
     inputs = dict(inputs or {})
     missing = [name for name in pattern.inputs if name not in inputs]
@@ -224,8 +227,12 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
         raise AttnlangError(f"pattern '{pattern.name}' has no input '{unknown[0]}' (its inputs: {declared})")
     checked = {}
     floats = ir.float_inputs(pattern)
+    blocks = {block_input[0]: block_input for block_input in pattern.block_inputs}
     for name in pattern.inputs:
         array = _as_float_array(inputs[name], name) if name in floats else _as_int_array(inputs[name], name)
+        if name in blocks:
+            checked[name] = _block_values(array, blocks[name], lengths or (length, length), batch)
+            continue
         if array.ndim == 2:
             row = 0 if batch is None else batch
             if row >= array.shape[0]:
@@ -239,6 +246,26 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
                                 f"{length} tokens")
         checked[name] = array
     return checked
+
+
+def _block_values(array: np.ndarray, block_input, lengths: tuple[int, int], batch: int | None) -> np.ndarray:
+    """A block input's entries for one batch entry, flattened (heads, query blocks, key blocks)."""
+    name, bq, bk, per_head, dtype = block_input
+    grid = (-(-lengths[0] // bq), -(-lengths[1] // bk))
+    core = 3 if per_head else 2
+    if array.ndim == 1 and array.size and array.size % (grid[0] * grid[1]) == 0:
+        return array  # already flattened (a checked input, checked again)
+    axes = ("heads, " if per_head else "") + f"{grid[0]}, {grid[1]}"
+    if array.ndim not in (core, core + 1) or array.shape[-2:] != grid:
+        raise AttnlangError(f"input '{name}' is a block input of blocks({bq}, {bk}): at {lengths[0]} x {lengths[1]} "
+                            f"tokens it is ([batch, ]{axes}), ceil(tokens / block) blocks per side; got shape "
+                            f"{tuple(array.shape)}")
+    if array.ndim == core + 1:
+        row = 0 if batch is None else batch
+        if row >= array.shape[0]:
+            raise AttnlangError(f"input '{name}' has {array.shape[0]} batch entries; batch {row} was asked for")
+        array = array[row]
+    return np.ascontiguousarray(array).reshape(-1)
 
 
 def _as_float_array(value, name: str) -> np.ndarray:
@@ -319,7 +346,7 @@ def _pool_blocks(x, block: int):
     return padded.view(batch, heads, blocks, block, dim).sum(3) / counts[None, None, :, None].to(x.dtype)
 
 
-def routed_mask(route: ir.RouteIR, static, keep, q, k, selection=None):
+def routed_mask(route: ir.RouteIR, static, keep, q, k, selection=None, scores=None):
     """The final mask of a routing pattern: static AND (selected blocks OR keep).
 
     For each (batch, head, query unit: a block of `route.query_block` tokens, or one token),
@@ -327,7 +354,8 @@ def routed_mask(route: ir.RouteIR, static, keep, q, k, selection=None):
     and `keep` does not already allow; the `top` candidates with the highest score are
     selected (ties go to the lower block index; `attnlang.routing.select_blocks` defines the
     scores of each `pool`, `qpool` and `share`). `static`, `keep`: bool tensors `(B, H, Nq, Nk)`.
-    `selection`: bool `(B, H, units, key blocks)` to use instead (a kernel's own, say).
+    `selection`: bool `(B, H, units, key blocks)` to use instead (a kernel's own, say);
+    `scores`: the `by = NAME` input's, `(B, H, units, key blocks)`.
     """
     import torch
 
@@ -339,7 +367,10 @@ def routed_mask(route: ir.RouteIR, static, keep, q, k, selection=None):
     padded = torch.zeros(batch, heads, units * unit, nkb * block, dtype=torch.bool, device=static.device)
     padded[:, :, :seq_q, :seq_k] = open_pairs
     candidates = padded.view(batch, heads, units, unit, nkb, block).any(5).any(3)
-    selected = select_blocks(route, candidates, q, k) if selection is None else selection.to(static.device) & candidates
+    if selection is None:
+        selected = select_blocks(route, candidates, q, k, scores)
+    else:
+        selected = selection.to(static.device) & candidates
     token_level = selected.repeat_interleave(unit, 2).repeat_interleave(block, 3)[:, :, :seq_q, :seq_k]
     return static & (token_level | keep)
 
@@ -358,7 +389,7 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
     heads_kv, seq_k = k.shape[1], k.shape[2]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    inputs_per_batch = [check_inputs(pattern, inputs, max(seq_q, seq_k), b) for b in range(batch)]
+    inputs_per_batch = [check_inputs(pattern, inputs, max(seq_q, seq_k), b, (seq_q, seq_k)) for b in range(batch)]
 
     static = np.stack([mask_block(pattern, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                   inputs_per_batch[b], batch=b) for b in range(batch)])
@@ -369,7 +400,10 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
     scores = (q.to(acc) @ k_full.transpose(-1, -2)) * scale
     if pattern.route is not None:
         keep = np.stack([_keep_mask(pattern, seq_q, seq_k, heads, inputs_per_batch[b], b) for b in range(batch)])
-        allowed = routed_mask(pattern.route, allowed, torch.from_numpy(keep).to(q.device), q, k, selection)
+        from .routing import input_scores
+        routing_scores = input_scores(pattern.route, inputs_per_batch, seq_q, seq_k, heads)
+        allowed = routed_mask(pattern.route, allowed, torch.from_numpy(keep).to(q.device), q, k, selection,
+                              routing_scores)
     logits = _logits(pattern, scores, heads, inputs_per_batch).to(acc)
     logits = logits.masked_fill(~allowed, -math.inf)
     lse = torch.logsumexp(logits, dim=-1)
@@ -382,7 +416,8 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
 
 
 def _keep_mask(pattern: ir.PatternIR, seq_q, seq_k, heads, inputs, batch) -> np.ndarray:
-    keep_only = ir.PatternIR(pattern.name, pattern.params, pattern.route.keep, pattern.logit, pattern.inputs)
+    keep_only = ir.PatternIR(pattern.name, pattern.params, pattern.route.keep, pattern.logit, pattern.inputs,
+                             block_inputs=pattern.block_inputs)
     return np.ascontiguousarray(mask_block(keep_only, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                            inputs, batch=batch))
 

@@ -36,7 +36,8 @@ def refuse_mods(pattern: ir.PatternIR) -> None:
 def _static_and_keep(pattern: ir.PatternIR) -> tuple[ir.PatternIR, ir.PatternIR]:
     """The candidate pattern (static AND NOT keep) and the keep pattern (static AND keep)."""
     keep = pattern.route.keep
-    base = dict(name=pattern.name, params=pattern.params, logit=pattern.logit, inputs=pattern.inputs)
+    base = dict(name=pattern.name, params=pattern.params, logit=pattern.logit, inputs=pattern.inputs,
+                block_inputs=pattern.block_inputs)
     open_ = ir.Binary("and", pattern.mask, ir.Unary("not", keep, ir.Type.BOOL), ir.Type.BOOL)
     kept = ir.Binary("and", pattern.mask, keep, ir.Type.BOOL)
     return ir.PatternIR(mask=open_, **base), ir.PatternIR(mask=kept, **base)
@@ -78,7 +79,19 @@ def kernel_maps(block_map, unit_rows: int) -> dict:
             "kept": kept_map.ragged_partial_kinds}
 
 
-def select_blocks(route: ir.RouteIR, candidates, q, k):
+def input_scores(route: ir.RouteIR, inputs_per_batch: list, seq_q: int, seq_k: int, heads: int):
+    """`by = NAME`: the scores from the float block input (checked, one flattened array per batch
+    entry), as float64 (B, H, units, key blocks); None when the routing scores q and k."""
+    import torch
+    if route.by is None:
+        return None
+    shape = (-(-seq_q // route.query_block), -(-seq_k // route.block))
+    scores = torch.stack([torch.from_numpy(np.asarray(inputs[route.by], np.float64)).reshape(-1, *shape)
+                          for inputs in inputs_per_batch])
+    return scores.expand(len(inputs_per_batch), heads, *shape)
+
+
+def select_blocks(route: ir.RouteIR, candidates, q, k, scores=None):
     """Bool (B, H, query units, key blocks): per query unit (a block of `route.query_block`
     tokens, or one token), the `route.top` candidates with the highest score, ties to the lower
     block index; fewer candidates than K select them all. With `top_p(P, max = K)`: the fewest
@@ -92,13 +105,16 @@ def select_blocks(route: ir.RouteIR, candidates, q, k):
     `mean` (its mean query's score) or `max` (the max of its queries' scores). With
     `share = group` (`all`) the scores of a GQA group's query heads (of all heads) are summed and
     one selection serves them, among the blocks that are candidates for any of them; each head
-    keeps its own candidates only. GQA key heads serve their group's query heads."""
+    keeps its own candidates only. GQA key heads serve their group's query heads. `scores`
+    (B, H, units, key blocks), for `by = NAME`, replaces the pooled ones."""
     import torch
     q, k = q.detach().double(), k.detach().double()
     batch, heads, seq_q, _ = q.shape
-    summary = _key_summary(k, route.block, route.pool)
-    summary = tuple(s.repeat_interleave(heads // s.shape[1], dim=1) for s in summary)
-    scores = _query_scores(q, summary, route)                          # (B, H, units, key blocks)
+    if scores is None:
+        summary = _key_summary(k, route.block, route.pool)
+        summary = tuple(s.repeat_interleave(heads // s.shape[1], dim=1) for s in summary)
+        scores = _query_scores(q, summary, route)                      # (B, H, units, key blocks)
+    scores = scores.to(q.device, torch.float64)
     candidates = torch.as_tensor(candidates, device=scores.device).expand(scores.shape)
     group = {"head": 1, "group": heads // k.shape[1], "all": heads}[route.share]
     shape = (batch, heads // group, group) + scores.shape[2:]
@@ -252,7 +268,8 @@ def routed_block_mask(block_map, q, k):
                             f"the tensors have {q.shape[2]} and {k.shape[2]}")
     candidates = torch.from_numpy(candidate_blocks(pattern, block_map.seq_q, block_map.seq_k, q.shape[1],
                                                    block_map.inputs, block_map.batch))
-    selected = select_blocks(route, candidates[None], q, k)  # (B, H, query blocks, key blocks)
+    scores = input_scores(route, [block_map.inputs], block_map.seq_q, block_map.seq_k, q.shape[1])
+    selected = select_blocks(route, candidates[None], q, k, scores)  # (B, H, query blocks, key blocks)
     static_mod, _ = flex_mods(_plain(pattern, pattern.mask), block_map.seq_q, block_map.seq_k, q.shape[1],
                               block_map.inputs)
     keep_mod, _ = flex_mods(_plain(pattern, route.keep), block_map.seq_q, block_map.seq_k, q.shape[1],
@@ -276,7 +293,8 @@ def routed_block_mask(block_map, q, k):
 
 
 def _plain(pattern: ir.PatternIR, mask: ir.Expr) -> ir.PatternIR:
-    return ir.PatternIR(pattern.name, pattern.params, mask, pattern.logit, pattern.inputs)
+    return ir.PatternIR(pattern.name, pattern.params, mask, pattern.logit, pattern.inputs,
+                        block_inputs=pattern.block_inputs)
 
 
 def _reached_tiles(block_map, selected: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ Glossary:
                    ROUTE_TOP) key-block indices per query unit (ROUTE_QBLOCK tokens), -1 for none
     GROUP          query heads per key/value head (grouped-query attention)
     INPUTS         the runtime inputs stacked: int64 (inputs, rows, tokens), a float input as
-                   the bits of its float64 values; the pattern reads
+                   the bits of its float64 values, a block input (BLOCK_INPUTS: its axes
+                   past the batch) flattened; the pattern reads
                    input i of batch entry b at INPUTS_B + i * stride_input, where INPUTS_B is
                    already offset to the program's batch row
 Empty tiles are never visited. Rows with no allowed key give output 0 and LSE -inf, never NaN.
@@ -53,6 +54,7 @@ MASK_READS_HEAD = False
 MASK_READS_BATCH = False
 INPUT_NAMES = ()
 FLOAT_INPUTS = ()
+BLOCK_INPUTS = {}
 INPUT_READS = ""
 BLOCK = (64, 64)
 ROUTE = None
@@ -561,6 +563,8 @@ def stack_inputs(inputs, device):
     tensors = [torch.as_tensor(inputs[name]).to(device=device, dtype=torch.float64).view(torch.int64)
                if name in FLOAT_INPUTS else torch.as_tensor(inputs[name]).to(device=device, dtype=torch.int64)
                for name in INPUT_NAMES]
+    tensors = [t.flatten(-BLOCK_INPUTS[name]) if name in BLOCK_INPUTS and t.dim() >= BLOCK_INPUTS[name] else t
+               for name, t in zip(INPUT_NAMES, tensors)]  # a block input, as its reads index it
     tensors = [t if t.dim() == 2 else t[None] for t in tensors]
     if not tensors:
         return torch.zeros((1, 1, 1), dtype=torch.int64, device=device), 0, 1, torch.ones(1, dtype=torch.int64,
@@ -750,11 +754,13 @@ def route_select(QU, stride_unit, LOW, HIGH, CAND, cand_rows, Chosen, INPUTS, st
                  MAP_BATCH: tl.constexpr, TOP: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr,
                  QBLOCK: tl.constexpr, QPOOL_MAX: tl.constexpr, MINMAX: tl.constexpr, PER_TOKEN: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, UNITS_P: tl.constexpr, KP: tl.constexpr,
-                 CHUNK_J: tl.constexpr, CHUNK_N: tl.constexpr):
+                 CHUNK_J: tl.constexpr, CHUNK_N: tl.constexpr, BY_ROW: tl.constexpr, BY_HEADS: tl.constexpr):
     """Chosen[(b, share group), unit] = the TOP candidate key blocks with the highest scores (summed
     over the SHARE heads of the group), best first, ties to the lower block, NONE_CHOSEN where
     fewer; TOP_P: only while the softmax mass of the unit's candidates before a block is below
-    top_p. The best KP are kept packed in registers and merged with each chunk of blocks."""
+    top_p. The best KP are kept packed in registers and merged with each chunk of blocks. The
+    scores are the pooled q . k, or (BY_ROW >= 0) input BY_ROW's, a float block input of
+    ([heads,] units, blocks)."""
     tile = tl.program_id(0)
     off_b = tl.program_id(1) // (HEADS // SHARE)
     group = tl.program_id(1) % (HEADS // SHARE)
@@ -770,14 +776,20 @@ def route_select(QU, stride_unit, LOW, HIGH, CAND, cand_rows, Chosen, INPUTS, st
         candidate = (units < 0)[:, None] & (blocks < 0)[None, :]
         for g in range(SHARE):
             off_h = group * SHARE + g
-            kv_row = (off_b * HEADS_KV + off_h // (HEADS // HEADS_KV)) * BLOCKS + blocks
-            summary = kv_row[:, None] * HEAD_DIM_P + offs_d[None, :]
-            high = tl.load(HIGH + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
-            low = high
-            if MINMAX:
-                low = tl.load(LOW + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
-            scores += _head_scores(QU, stride_unit, off_b * HEADS + off_h, units, low, high, N_Q, UNITS, QBLOCK,
-                                   QPOOL_MAX, MINMAX, HEAD_DIM, HEAD_DIM_P, UNITS_P, CHUNK_J)
+            if BY_ROW >= 0:  # the scores are an input's: float64 bits in the stack
+                entry = ((off_h if BY_HEADS else 0) * UNITS + units[:, None]) * BLOCKS + blocks[None, :]
+                given = tl.load(INPUTS_B + BY_ROW * stride_input + entry,
+                                mask=(units < UNITS)[:, None] & (blocks < BLOCKS)[None, :], other=0)
+                scores += given.to(tl.float64, bitcast=True).to(tl.float32)
+            else:
+                kv_row = (off_b * HEADS_KV + off_h // (HEADS // HEADS_KV)) * BLOCKS + blocks
+                summary = kv_row[:, None] * HEAD_DIM_P + offs_d[None, :]
+                high = tl.load(HIGH + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
+                low = high
+                if MINMAX:
+                    low = tl.load(LOW + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
+                scores += _head_scores(QU, stride_unit, off_b * HEADS + off_h, units, low, high, N_Q, UNITS, QBLOCK,
+                                       QPOOL_MAX, MINMAX, HEAD_DIM, HEAD_DIM_P, UNITS_P, CHUNK_J)
             map_row = 0
             if MAP_BATCH > 1:
                 map_row = off_b * MAP_HEADS
@@ -857,7 +869,8 @@ def select(q, k, inputs, candidates):
         blocks, HEADS=heads, HEADS_KV=heads_kv, SHARE=share, MAP_HEADS=candidates.shape[1],
         MAP_BATCH=candidates.shape[0], TOP=top, TOP_P=ROUTE["top_p"] is not None, BLOCK=block, QBLOCK=qblock,
         QPOOL_MAX=qpool_max, MINMAX=ROUTE["pool"] == "minmax", PER_TOKEN=per_token, HEAD_DIM=head_dim,
-        HEAD_DIM_P=head_dim_p, UNITS_P=units_p, KP=kp, CHUNK_J=chunk_j, CHUNK_N=chunk)
+        HEAD_DIM_P=head_dim_p, UNITS_P=units_p, KP=kp, CHUNK_J=chunk_j, CHUNK_N=chunk,
+        BY_ROW=INPUT_NAMES.index(ROUTE["by"]) if ROUTE["by"] else -1, BY_HEADS=BLOCK_INPUTS.get(ROUTE["by"]) == 3)
     return chosen
 
 

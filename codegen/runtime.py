@@ -223,7 +223,7 @@ class AttentionKernel:
     def run_forward(self, q, k, v, runtime_inputs, scale: float):
         """The forward launch, inside the custom op: inputs checked, tables built or cached."""
         inputs = dict(zip(self.pattern.inputs, runtime_inputs))
-        _checked_inputs(self.pattern, inputs, max(q.shape[2], k.shape[2]))
+        _checked_inputs(self.pattern, inputs, (q.shape[2], k.shape[2]))
         # head dims below 16 run as 16 with zero columns: the kernels mask them on load and store
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         tables = self._launch_tables(q, k, inputs)
@@ -301,10 +301,11 @@ def _inputs_key(inputs) -> str:
     return digest.hexdigest()
 
 
-def _checked_inputs(pattern, inputs, length: int) -> None:
+def _checked_inputs(pattern, inputs, lengths: tuple[int, int]) -> None:
     """Clear errors for missing, unknown, short or non-integer inputs (per-batch rows too)."""
     from attnlang.reference import check_inputs
-    check_inputs(pattern.ir, {name: _numpy(values) for name, values in (inputs or {}).items()}, length)
+    check_inputs(pattern.ir, {name: _numpy(values) for name, values in (inputs or {}).items()}, max(lengths),
+                 lengths=lengths)
 
 
 def _stack(tables, device):

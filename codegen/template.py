@@ -121,6 +121,7 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
         f"MASK_READS_BATCH = {pairs_depend_on(pattern, 'b')}",
         f"INPUT_NAMES = {tuple(pattern.inputs)!r}",
         f"FLOAT_INPUTS = {ir.float_inputs(pattern)!r}",
+        f"BLOCK_INPUTS = {_block_axes(pattern)!r}",
         f"INPUT_READS = {reads!r}",
         f"BLOCK = {tuple(block)!r}",
         f"ROUTE = {_route_constant(pattern.route)}",
@@ -142,6 +143,11 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
         f"\n\nLOGIT_IS_SCORE = tl.constexpr({identity})  # True: _logit2 is the identity and _dlogit 1")
 
 
+def _block_axes(pattern: ir.PatternIR) -> dict[str, int]:
+    """Each block input's axes past the batch: ([heads,] query blocks, key blocks)."""
+    return {name: 3 if per_head else 2 for name, _, _, per_head, _ in pattern.block_inputs}
+
+
 def _tile_condition(condition: ir.Expr) -> ir.Expr:
     """A constant condition as a comparison, so that it fills the tile (every pair has k >= 0)."""
     if condition in (ir.TRUE, ir.FALSE):
@@ -155,7 +161,7 @@ def _route_constant(route: ir.RouteIR | None) -> str:
     if route is None:
         return "None"
     options = dict(top=route.top, block=route.block, qblock=route.query_block, pool=route.pool, qpool=route.qpool,
-                   share=route.share, top_p=route.top_p)
+                   share=route.share, top_p=route.top_p, by=route.by)
     return "dict(" + ", ".join(f"{name}={value!r}" for name, value in options.items()) + ")"
 
 
