@@ -263,6 +263,10 @@ def routed_block_mask(block_map, q, k):
     from .analysis import _tables
     from .export import flex_mods
     pattern, route = block_map.pattern, block_map.pattern.route
+    if block_map.layout is not None and not block_map.layout.is_row_major:
+        raise AttnlangError(f"to_flex(q=, k=): this map of '{pattern.name}' is in the {block_map.layout} layout, so its "
+                            "BlockMask would be for tokens in that order, not q's and k's; run the pattern's compiled "
+                            "kernel (it permutes), or flex_attention on kernel.permute(q) and kernel.permute(k, 'k')")
     if q.shape[2] != block_map.seq_q or k.shape[2] != block_map.seq_k:
         raise AttnlangError(f"to_flex(q=, k=): the block map is for {block_map.seq_q} x {block_map.seq_k} tokens, "
                             f"the tensors have {q.shape[2]} and {k.shape[2]}")

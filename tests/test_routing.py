@@ -260,3 +260,10 @@ def test_a_region_routing_refuses_lengths_that_cut_a_region(lib):
     pattern = lib["biformer"].bind(height=8, width=8, region=4, top=2)
     with pytest.raises(AttnlangError, match=r"every region must be whole.*multiple of 32, got 40"):
         pattern.analyze(40, block=16)
+
+
+def test_a_region_routed_block_mask_is_refused_in_token_order(lib):
+    pattern = lib["biformer"].bind(height=8, width=8, region=4, top=2)
+    q = k = torch.randn(1, 1, 64, 8)
+    with pytest.raises(AttnlangError, match="is in the regions 4x4 layout"):
+        pattern.analyze(64, block=16).to_flex(q=q, k=k)
