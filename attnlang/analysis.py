@@ -48,7 +48,7 @@ def analyze_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1
     for name, value in (("seq_q", seq_q), ("seq_k", seq_k), ("heads", heads)):
         _check_positive(name, value)
     start = time.perf_counter()
-    checked = check_inputs(pattern, inputs, max(seq_q, seq_k), batch, (seq_q, seq_k))
+    checked = check_inputs(pattern, inputs, max(seq_q, seq_k), batch, (seq_q, seq_k), heads)
     check_input_indices(pattern, seq_q, seq_k, heads, (block_q, block_k), checked, batch)
     analyzer = _Analyzer(pattern, seq_q, seq_k, heads, block_q, block_k, checked, batch)
     sets = analyzer.run()

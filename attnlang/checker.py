@@ -130,6 +130,7 @@ class _Lowering:
             grid=self.grid.sizes if self.grid else (),
             span=self.decl.span,
             block_inputs=tuple(self.block_inputs.values()),
+            declared_floats=tuple(name for name, kind in self.input_types.items() if kind is Type.FLOAT),
         )
 
     # -- statements -------------------------------------------------------------------
@@ -257,9 +258,9 @@ class _Lowering:
                                 f"float[heads, blocks({units}, {block})]", _span_of(value))
         _, bq, bk, _, _ = self.block_inputs[name]
         if (bq, bk) != (units, block) or region is not None:
-            raise AttnlangError(f"the scores '{name}' are of blocks({bq}, {bk}), but the routing's units and blocks are "
-                                f"({units}, {block}) tokens" + (" (grid regions are not blocks of tokens)" if region
-                                                               else ""), _span_of(value))
+            why = " (grid regions are not blocks of tokens)" if region else ""
+            raise AttnlangError(f"the scores '{name}' are of blocks({bq}, {bk}), but the routing's units and blocks "
+                                f"are ({units}, {block}) tokens{why}", _span_of(value))
         for option in ("pool", "qpool"):
             if option in bound:
                 raise AttnlangError(f"{option} summarizes q and k for the scores, which by = {name} gives: drop it",

@@ -13,6 +13,7 @@ import numpy as np
 from . import ir
 from .errors import AttnlangError
 from .ir import Type
+from .reference import has_batch_axis
 from .routing import refuse_mods
 
 __all__ = ["TorchPrinter", "flex_source", "flex_mods"]
@@ -223,6 +224,9 @@ def flex_mods(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None
             raise AttnlangError(f"pattern '{pattern.name}' needs input '{name}' for its mask_mod")
         dtype = torch.float64 if name in floats else torch.int64  # floats are computed in float64
         value = inputs[name]
+        if has_batch_axis(pattern, name, value):
+            raise AttnlangError(f"input '{name}' has a row per batch entry, but the exported mods read one row (they "
+                                f"do not index b): export once per entry with inputs={{'{name}': {name}[b]}}")
         value = value.to(dtype) if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value), dtype=dtype)
         namespace[f"input_{name}"] = value.reshape(-1) if name in blocks else value  # as its reads index it
     return namespace["mask_mod"], namespace["score_mod"]

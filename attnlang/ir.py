@@ -144,7 +144,8 @@ def float_inputs(pattern: "PatternIR") -> tuple[str, ...]:
     """The inputs the pattern reads as floats (`input NAME: float[tokens]`, or a float block input)."""
     roots = [pattern.mask, pattern.logit] + ([pattern.route.keep] if pattern.route else [])
     read = [n.input for root in roots for n in walk(root) if isinstance(n, Load) and n.type is Type.FLOAT]
-    return tuple(dict.fromkeys(read + [b[0] for b in pattern.block_inputs if b[4] == "float"]))
+    declared = list(pattern.declared_floats) + [b[0] for b in pattern.block_inputs if b[4] == "float"]
+    return tuple(dict.fromkeys(read + declared))
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ class PatternIR:
     # `input m: bool[heads, blocks(BQ, BK)]`: (name, BQ, BK, per head, dtype) of each block input,
     # read as a per-token input of its flattened values (index lowered in mask and logit)
     block_inputs: tuple[tuple[str, int, int, bool, str], ...] = ()
+    declared_floats: tuple[str, ...] = ()  # `input NAME: float[tokens]`, read or not
 
     @property
     def param_dict(self) -> dict:

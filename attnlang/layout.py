@@ -178,9 +178,14 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     if layout.is_row_major:
         return pattern
     routes_regions = pattern.route is not None and pattern.route.region is not None and layout.kind == "regions"
-    if pattern.inputs or (pattern.route is not None and not routes_regions):
-        raise AttnlangError(f"pattern '{pattern.name}' reads runtime inputs or routes by content: "
-                            "only row-major is supported for it (a route over grid regions: the region layout)")
+    if pattern.inputs:
+        raise AttnlangError(f"pattern '{pattern.name}' reads runtime inputs, which a layout does not reorder: only "
+                            "row-major is supported for it" + (", and routing over grid regions needs the region "
+                                                               "layout, so it takes no inputs yet" if routes_regions
+                                                               else ""))
+    if pattern.route is not None and not routes_regions:
+        raise AttnlangError(f"pattern '{pattern.name}' routes by content over blocks of tokens: only row-major is "
+                            "supported for it")
     replacements, ranges, valid = {}, {}, []
     for side, tiling, length in (("q", layout.q, seq_q), ("k", layout.k, seq_k)):
         replacements[ir.Var(f"n_{side}", INT)] = _const(length)
@@ -204,7 +209,8 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     # in the region layout each region is `block` contiguous tokens: it routes as plain blocks
     route = pattern.route and replace(pattern.route, keep=rewrite(pattern.route.keep), region=None)
     return ir.PatternIR(pattern.name, pattern.params, mask, rewrite(pattern.logit), pattern.inputs, route,
-                        grid=(), span=pattern.span, block_inputs=pattern.block_inputs)
+                        grid=(), span=pattern.span, block_inputs=pattern.block_inputs,
+                        declared_floats=pattern.declared_floats)
 
 
 def region_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1) -> Layout:
@@ -219,11 +225,12 @@ def region_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1)
     for side, length in (("query", seq_q), ("key", seq_k)):
         tiling = Tiling(length, _extended(sizes, length), region, tuple(range(len(sizes))))
         if tiling.padded != length:
+            uneven = [f"{size} (axis {i}) is not a multiple of {r}" for i, (size, r) in
+                      enumerate(zip(sizes, region)) if i > 0 and size % r]
             whole = math.prod(sizes[1:]) * region[0]
-            raise AttnlangError(
-                f"pattern '{pattern.name}' routes over regions {'x'.join(map(str, region))} of its grid "
-                f"{'x'.join(map(str, sizes))}: every region must be whole, so each inner grid size must be a multiple "
-                f"of the region's and the {side} length a multiple of {whole}, got {length}")
+            why = "; ".join(uneven) or f"the {side} length {length} is not a multiple of {whole} (whole regions)"
+            raise AttnlangError(f"pattern '{pattern.name}' routes over regions {'x'.join(map(str, region))} of its "
+                                f"grid {'x'.join(map(str, sizes))}: every region must be whole, but {why}")
         tilings.append(tiling)
     return Layout("regions " + "x".join(map(str, region)), *tilings, kind="regions")
 

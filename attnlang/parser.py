@@ -299,8 +299,9 @@ class _ToAst(Transformer):
             raise AttnlangError(f"a block input's first axis is 'heads' (one map per head), not '{heads}'",
                                 self._token_span(heads))
         if str(extent) != "blocks" or len(sizes) not in (1, 2):
-            raise AttnlangError("a block input is indexed by blocks: write [blocks(BQ, BK)] or [heads, blocks(BQ, BK)] "
-                                "(BQ query tokens by BK key tokens; blocks(B) for square ones)", self._token_span(extent))
+            raise AttnlangError("a block input is indexed by blocks: write [blocks(BQ, BK)] or [heads, blocks(BQ, "
+                                "BK)] (BQ query tokens by BK key tokens; blocks(B) for square ones)",
+                                self._token_span(extent))
         return ast.Input(str(name), str(dtype), "blocks", self._span(meta), tuple(sizes), heads is not None)
 
     def use(self, meta, children):

@@ -136,7 +136,7 @@ class Pattern:
         _check_positive("heads", heads)
         self._check_laid_out_lengths(seq_q, seq_k)
         checked = reference.check_inputs(self.ir, self.inputs_or_defaults(inputs), max(seq_q, seq_k), batch,
-                                         (seq_q, seq_k))
+                                         (seq_q, seq_k), heads)
         static = reference.mask_block(self.ir, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                       checked, batch=batch)
         if not self.is_routed or static_only:
@@ -314,6 +314,9 @@ class Pattern:
             block = choice.block
         from .layout import check_spec
         check_spec(layout, self.ir)
+        if self.routes_regions and self.inputs:
+            raise AttnlangError(f"pattern '{self.name}' routes over grid regions, which run in the region layout, and "
+                                f"a layout does not reorder runtime inputs yet: it cannot read '{self.inputs[0]}'")
         if self._layout_applies(layout):
             kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware)
             kernel.block_choice = choice

@@ -207,14 +207,15 @@ def evaluate_scalar(node: ir.Expr):
 # -- masks ---------------------------------------------------------------------------------
 
 def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch: int | None = None,
-                 lengths: tuple[int, int] | None = None) -> dict:
+                 lengths: tuple[int, int] | None = None, heads: int | None = None) -> dict:
     """Validate runtime inputs against the pattern's declarations; return int64 arrays (float64
     for the inputs it reads as floats).
 
     Each input is a 1-D array of at least `length` entries (one per token) or, with a
     batch, a 2-D array (batch, tokens) from which row `batch` is taken. A block input
     (`bool[heads, blocks(BQ, BK)]`) is ([batch,] [heads,] query blocks, key blocks) at
-    `lengths` (seq_q, seq_k; default both `length`), returned flattened as its reads index it.
+    `lengths` (seq_q, seq_k; default both `length`) and `heads` (one map per head, when known),
+    returned flattened as its reads index it. A routing's `by` scores must be finite.
     """
     inputs = dict(inputs or {})
     missing = [name for name in pattern.inputs if name not in inputs]
@@ -231,7 +232,10 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
     for name in pattern.inputs:
         array = _as_float_array(inputs[name], name) if name in floats else _as_int_array(inputs[name], name)
         if name in blocks:
-            checked[name] = _block_values(array, blocks[name], lengths or (length, length), batch)
+            checked[name] = _block_values(array, blocks[name], lengths or (length, length), batch, heads)
+            if pattern.route is not None and pattern.route.by == name and not np.isfinite(checked[name]).all():
+                raise AttnlangError(f"input '{name}' scores the routing (by = {name}): every score must be finite, "
+                                    "found inf (leave a block out with keep or the mask instead)")
             continue
         if array.ndim == 2:
             row = 0 if batch is None else batch
@@ -248,15 +252,29 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
     return checked
 
 
-def _block_values(array: np.ndarray, block_input, lengths: tuple[int, int], batch: int | None) -> np.ndarray:
+def has_batch_axis(pattern: ir.PatternIR, name: str, value) -> bool:
+    """Whether input `name` was given one row per batch entry: `(batch, tokens)`, or a block
+    input with a leading batch axis (`(batch, [heads,] query blocks, key blocks)`)."""
+    ndim = np.ndim(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    for block_name, _, _, per_head, _ in pattern.block_inputs:
+        if block_name == name:
+            return ndim == (4 if per_head else 3)
+    return ndim == 2
+
+
+def _block_values(array: np.ndarray, block_input, lengths: tuple[int, int], batch: int | None,
+                  heads: int | None) -> np.ndarray:
     """A block input's entries for one batch entry, flattened (heads, query blocks, key blocks)."""
     name, bq, bk, per_head, dtype = block_input
     grid = (-(-lengths[0] // bq), -(-lengths[1] // bk))
     core = 3 if per_head else 2
-    if array.ndim == 1 and array.size and array.size % (grid[0] * grid[1]) == 0:
+    per_entry = grid[0] * grid[1] * ((heads or 0) if per_head else 1)
+    whole_maps = not per_entry and array.size % (grid[0] * grid[1]) == 0  # heads not known here
+    if array.ndim == 1 and array.size and (array.size == per_entry or whole_maps):
         return array  # already flattened (a checked input, checked again)
-    axes = ("heads, " if per_head else "") + f"{grid[0]}, {grid[1]}"
-    if array.ndim not in (core, core + 1) or array.shape[-2:] != grid:
+    axes = (f"{heads or 'heads'}, " if per_head else "") + f"{grid[0]}, {grid[1]}"
+    wrong_heads = per_head and heads is not None and array.ndim >= 3 and array.shape[-3] != heads
+    if array.ndim not in (core, core + 1) or array.shape[-2:] != grid or wrong_heads:
         raise AttnlangError(f"input '{name}' is a block input of blocks({bq}, {bk}): at {lengths[0]} x {lengths[1]} "
                             f"tokens it is ([batch, ]{axes}), ceil(tokens / block) blocks per side; got shape "
                             f"{tuple(array.shape)}")
@@ -389,7 +407,8 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
     heads_kv, seq_k = k.shape[1], k.shape[2]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    inputs_per_batch = [check_inputs(pattern, inputs, max(seq_q, seq_k), b, (seq_q, seq_k)) for b in range(batch)]
+    inputs_per_batch = [check_inputs(pattern, inputs, max(seq_q, seq_k), b, (seq_q, seq_k), heads)
+                        for b in range(batch)]
 
     static = np.stack([mask_block(pattern, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                   inputs_per_batch[b], batch=b) for b in range(batch)])
@@ -417,7 +436,7 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
 
 def _keep_mask(pattern: ir.PatternIR, seq_q, seq_k, heads, inputs, batch) -> np.ndarray:
     keep_only = ir.PatternIR(pattern.name, pattern.params, pattern.route.keep, pattern.logit, pattern.inputs,
-                             block_inputs=pattern.block_inputs)
+                             block_inputs=pattern.block_inputs, declared_floats=pattern.declared_floats)
     return np.ascontiguousarray(mask_block(keep_only, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                            inputs, batch=batch))
 

@@ -37,7 +37,7 @@ def _static_and_keep(pattern: ir.PatternIR) -> tuple[ir.PatternIR, ir.PatternIR]
     """The candidate pattern (static AND NOT keep) and the keep pattern (static AND keep)."""
     keep = pattern.route.keep
     base = dict(name=pattern.name, params=pattern.params, logit=pattern.logit, inputs=pattern.inputs,
-                block_inputs=pattern.block_inputs)
+                block_inputs=pattern.block_inputs, declared_floats=pattern.declared_floats)
     open_ = ir.Binary("and", pattern.mask, ir.Unary("not", keep, ir.Type.BOOL), ir.Type.BOOL)
     kept = ir.Binary("and", pattern.mask, keep, ir.Type.BOOL)
     return ir.PatternIR(mask=open_, **base), ir.PatternIR(mask=kept, **base)
@@ -242,9 +242,12 @@ def selection_seconds(hw, route: ir.RouteIR, seq_q: int, seq_k: int, batch: int,
     from .simulator import DTYPE_BYTES
     eff = hw.efficiency
     blocks_q, blocks_k = -(-seq_q // route.query_block), -(-seq_k // route.block)  # query units, key blocks
-    moved = batch * heads * (seq_k + seq_q + blocks_k + blocks_q) * head_dim * DTYPE_BYTES[dtype]
+    if route.by is None:
+        moved = batch * heads * (seq_k + seq_q + blocks_k + blocks_q) * head_dim * DTYPE_BYTES[dtype]
+        flops = 2 * batch * heads * blocks_q * blocks_k * head_dim
+    else:  # the scores are read (float64), nothing is pooled or multiplied
+        moved, flops = batch * heads * blocks_q * blocks_k * 8, 0
     memory = moved / (hw.hbm_gb_per_s * 1e9 * eff["memory"])
-    flops = 2 * batch * heads * blocks_q * blocks_k * head_dim
     mma = flops / ((hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12 * eff["mma"])
     ops = batch * heads * blocks_q * blocks_k * (math.log2(max(route.top, 2)) + 4)  # compare-select + table
     elementwise = ops / (hw.fp32_tflops * 1e12 / 2 * eff["elementwise"])
@@ -264,8 +267,8 @@ def routed_block_mask(block_map, q, k):
     from .export import flex_mods
     pattern, route = block_map.pattern, block_map.pattern.route
     if block_map.layout is not None and not block_map.layout.is_row_major:
-        raise AttnlangError(f"to_flex(q=, k=): this map of '{pattern.name}' is in the {block_map.layout} layout, so its "
-                            "BlockMask would be for tokens in that order, not q's and k's; run the pattern's compiled "
+        raise AttnlangError(f"to_flex(q=, k=): this map of '{pattern.name}' is in the {block_map.layout} layout, so "
+                            "its BlockMask would be for tokens in that order, not q's and k's; run the pattern's compiled "
                             "kernel (it permutes), or flex_attention on kernel.permute(q) and kernel.permute(k, 'k')")
     if q.shape[2] != block_map.seq_q or k.shape[2] != block_map.seq_k:
         raise AttnlangError(f"to_flex(q=, k=): the block map is for {block_map.seq_q} x {block_map.seq_k} tokens, "
@@ -298,7 +301,8 @@ def routed_block_mask(block_map, q, k):
 
 def _plain(pattern: ir.PatternIR, mask: ir.Expr) -> ir.PatternIR:
     return ir.PatternIR(pattern.name, pattern.params, mask, pattern.logit, pattern.inputs,
-                        block_inputs=pattern.block_inputs)
+                        block_inputs=pattern.block_inputs,
+                        declared_floats=pattern.declared_floats)
 
 
 def _reached_tiles(block_map, selected: np.ndarray) -> np.ndarray:

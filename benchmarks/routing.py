@@ -148,7 +148,8 @@ def simulated(lengths=(16384, 65536)):
     rows = []
     for name in SIMULATED:
         pattern = lookup(name)
-        sizes = pattern.ir.grid and [int(pattern.params[p]) for p in pattern.params if p in ("frames", "height", "width")]
+        grid = ("frames", "height", "width")
+        sizes = pattern.ir.grid and [int(pattern.params[p]) for p in pattern.params if p in grid]
         for seq in ([int(np.prod(sizes))] if sizes else lengths):
             result = attnlang.simulate(pattern, seq=seq)
             rows.append({"pattern": result.pattern, "seq": seq, "time_ms": result.time_ms, "speedup": result.speedup,
@@ -178,7 +179,8 @@ def main(argv=None):
         write_json("routing_schedules", payload, args.out)
         return
     if args.smoke:
-        device, dtype, lengths, heads, head_dim, block, repeats = torch.device("cpu"), torch.float32, [200], 4, 16, 16, 1
+        device, dtype, lengths = torch.device("cpu"), torch.float32, [200]
+        heads, head_dim, block, repeats = 4, 16, 16, 1
     else:
         device, dtype, heads, head_dim, block, repeats = torch.device("cuda"), torch.bfloat16, 16, 128, 64, 10
         lengths = [int(n) for n in args.lengths.split(",")]

@@ -203,7 +203,8 @@ def _chosen_row(CHOSEN, off_b, off_h, N_Q, HEADS: tl.constexpr, ROUTE_TOP: tl.co
                 ROUTE_QBLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
     """The selection of head off_h's share group: its (units, ROUTE_TOP) rows of CHOSEN."""
     units = tl.cdiv(N_Q, ROUTE_QBLOCK)
-    return CHOSEN + (off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE) * units * ROUTE_TOP
+    group = off_b.to(tl.int64) * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE  # int64: B H N K passes 2**31
+    return CHOSEN + group * units * ROUTE_TOP
 
 
 # -- loads ----------------------------------------------------------------------------------------
@@ -691,11 +692,11 @@ def _head_scores(QU, stride_unit, head_row, units, low, high, N_Q, UNITS, QBLOCK
         for t in range(QBLOCK):
             rows = units * QBLOCK + t
             valid = rows < N_Q
-            x = tl.load(QU + (head_row * N_Q + rows[:, None]) * stride_unit + offs_d[None, :],
+            x = tl.load(QU + (head_row.to(tl.int64) * N_Q + rows[:, None]) * stride_unit + offs_d[None, :],
                         mask=valid[:, None] & channels, other=0.0).to(tl.float32)
             best = tl.maximum(best, tl.where(valid[:, None], _summary_scores(x, low, high, MINMAX), float("-inf")))
         return best
-    x = tl.load(QU + (head_row * UNITS + units[:, None]) * stride_unit + offs_d[None, :],
+    x = tl.load(QU + (head_row.to(tl.int64) * UNITS + units[:, None]) * stride_unit + offs_d[None, :],
                 mask=(units < UNITS)[:, None] & channels, other=0.0).to(tl.float32)
     return _summary_scores(x, low, high, MINMAX)
 
@@ -777,7 +778,8 @@ def route_select(QU, stride_unit, LOW, HIGH, CAND, cand_rows, Chosen, INPUTS, st
         for g in range(SHARE):
             off_h = group * SHARE + g
             if BY_ROW >= 0:  # the scores are an input's: float64 bits in the stack
-                entry = ((off_h if BY_HEADS else 0) * UNITS + units[:, None]) * BLOCKS + blocks[None, :]
+                head = off_h if BY_HEADS else 0
+                entry = (head * UNITS + units[:, None].to(tl.int64)) * BLOCKS + blocks[None, :]  # int64: H N N/B
                 given = tl.load(INPUTS_B + BY_ROW * stride_input + entry,
                                 mask=(units < UNITS)[:, None] & (blocks < BLOCKS)[None, :], other=0)
                 scores += given.to(tl.float64, bitcast=True).to(tl.float32)
@@ -843,14 +845,16 @@ def select(q, k, inputs, candidates):
     blocks = triton.cdiv(seq_k, block)
     chunk = min(64, triton.next_power_of_2(block))
     summaries = []
-    for pool in (("min", "max") if ROUTE["pool"] == "minmax" else (ROUTE["pool"],)):
+    pools = () if ROUTE["by"] else ("min", "max") if ROUTE["pool"] == "minmax" else (ROUTE["pool"],)
+    for pool in pools:
         summary = torch.empty((batch * heads_kv, blocks, head_dim_p), device=q.device, dtype=torch.float32)
         route_pool[(blocks, batch * heads_kv)](k, summary, seq_k, blocks, block, POOL=POOLS[pool], CHUNK=chunk,
                                                HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p)
         summaries.append(summary)
+    summaries = summaries or [k]  # by = NAME: nothing pooled (a placeholder the kernel never reads)
     per_token, qpool_max = qblock == 1, qblock > 1 and ROUTE["qpool"] == "max"
     units = triton.cdiv(seq_q, qblock)
-    if per_token or qpool_max:
+    if per_token or qpool_max or ROUTE["by"]:
         rows, stride_unit = q, head_dim
     else:  # the query blocks' means
         rows = torch.empty((batch * heads, units, head_dim_p), device=q.device, dtype=torch.float32)

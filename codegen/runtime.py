@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from attnlang.analysis import pairs_depend_on
+from attnlang.reference import has_batch_axis
 from attnlang.ir import float_inputs as ir_float_inputs
 from attnlang.errors import AttnlangError
 
@@ -151,7 +152,7 @@ class AttentionKernel:
         mask reads b or an input has a row per batch entry)."""
         heads = heads or self.heads or 1
         per_batch = pairs_depend_on(self.pattern.ir, 'b') or any(
-            np.asarray(_numpy(v)).ndim == 2 for v in (inputs or {}).values())
+            has_batch_axis(self.pattern.ir, name, value) for name, value in (inputs or {}).items())
         rows = range(batch) if per_batch else range(1)
         return [self.pattern.analyze(seq_q, seq_k, heads, (self.block_m, self.block_n), inputs, batch=b)
                 for b in rows]
@@ -176,7 +177,9 @@ class AttentionKernel:
         builds its tables from."""
         from attnlang.routing import kernel_maps
         heads = heads or self.heads or 1
-        key = (seq_q, seq_k, _inputs_key(inputs), batch, str(device), heads)
+        by = self.pattern.ir.route.by  # the scores change every step; the maps do not read them
+        key = (seq_q, seq_k, _inputs_key({n: v for n, v in (inputs or {}).items() if n != by}), batch, str(device),
+               heads)
         if key not in self._route_maps:
             unit_rows = self._module(device).ROUTE_UNITS
             maps = [kernel_maps(m, unit_rows) for m in self.block_maps(seq_q, seq_k, inputs, batch, heads)]
@@ -223,7 +226,7 @@ class AttentionKernel:
     def run_forward(self, q, k, v, runtime_inputs, scale: float):
         """The forward launch, inside the custom op: inputs checked, tables built or cached."""
         inputs = dict(zip(self.pattern.inputs, runtime_inputs))
-        _checked_inputs(self.pattern, inputs, (q.shape[2], k.shape[2]))
+        _checked_inputs(self.pattern, inputs, (q.shape[2], k.shape[2]), q.shape[1])
         # head dims below 16 run as 16 with zero columns: the kernels mask them on load and store
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         tables = self._launch_tables(q, k, inputs)
@@ -301,11 +304,11 @@ def _inputs_key(inputs) -> str:
     return digest.hexdigest()
 
 
-def _checked_inputs(pattern, inputs, lengths: tuple[int, int]) -> None:
+def _checked_inputs(pattern, inputs, lengths: tuple[int, int], heads: int | None = None) -> None:
     """Clear errors for missing, unknown, short or non-integer inputs (per-batch rows too)."""
     from attnlang.reference import check_inputs
     check_inputs(pattern.ir, {name: _numpy(values) for name, values in (inputs or {}).items()}, max(lengths),
-                 lengths=lengths)
+                 lengths=lengths, heads=heads)
 
 
 def _stack(tables, device):

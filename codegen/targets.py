@@ -270,7 +270,7 @@ def compile_for(kernel, target: str | Target, seq_q: int, seq_k: int | None = No
     seq_k = seq_q if seq_k is None else seq_k
     shape = _launch_shape(kernel, seq_q, seq_k, batch, heads, heads_kv, head_dim, dtype)
     inputs = kernel.pattern.inputs_or_defaults(inputs)
-    _checked_inputs(kernel.pattern, inputs, max(shape["seq_q"], shape["seq_k"]))
+    _checked_inputs(kernel.pattern, inputs, (shape["seq_q"], shape["seq_k"]))
     tables = kernel.tables(shape["seq_q"], shape["seq_k"], inputs, batch, "cpu", shape["heads"])
     spec = shape | {
         "source": kernel.source, "name": kernel.pattern.slug, "capability": resolved.capability,

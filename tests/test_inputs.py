@@ -137,7 +137,7 @@ def test_a_block_input_of_the_wrong_shape_says_which():
     inputs = block_tensors(1, 2, 75, 32, 16)
     inputs["m"] = inputs["m"].transpose(1, 2)
     with pytest.raises(AttnlangError, match=r"input 'm' is a block input of blocks\(32, 16\): at 75 x 75 tokens it is "
-                                            r"\(\[batch, \]heads, 3, 5\).*got shape \(2, 5, 3\)"):
+                                            r"\(\[batch, \]2, 3, 5\).*got shape \(2, 5, 3\)"):
         pattern.analyze(75, heads=2, block=16, inputs=inputs)
 
 
@@ -203,3 +203,38 @@ def test_the_routed_kernel_selects_by_the_score_input():
     torch.testing.assert_close(out.double(), expected_out, rtol=1e-4, atol=1e-4)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+def test_a_block_mask_per_batch_entry_gives_each_entry_its_own_tables():
+    pattern = attnlang.parse("pattern p() { input m: bool[blocks(16)]\n mask m }")["p"]
+    mask = torch.zeros(2, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = True  # entry 0 attends in block (0, 0), entry 1 in block (1, 1)
+    q, k, v = (torch.randn(2, 1, 32, 16) for _ in range(3))
+    out = pattern.compile(block=16)(q, k, v, inputs={"m": mask})
+    expected = pattern.reference_attention(q.double(), k.double(), v.double(), inputs={"m": mask})
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(AttnlangError, match="has a row per batch entry, but the exported mods read one row"):
+        pattern.flex_mods(32, 32, 1, inputs={"m": mask})
+
+
+def test_inputs_that_would_be_read_wrongly_are_refused():
+    predicted = attnlang.parse(ROUTED_BY)["predicted"]
+    q = k = v = torch.randn(1, 2, 40, 4, dtype=torch.float64)
+    with pytest.raises(AttnlangError, match=r"it is \(\[batch, \]2, 40, 5\).*got shape \(1, 40, 5\)"):
+        predicted.reference_attention(q, k, v, inputs={"s": torch.randn(1, 40, 5)})  # one head's scores for two
+    scores = torch.randn(2, 40, 5)
+    scores[0, 3, 1] = float("inf")
+    with pytest.raises(AttnlangError, match="every score must be finite"):
+        predicted.reference_attention(q, k, v, inputs={"s": scores})
+    unread = attnlang.parse("pattern p() { input w: float[tokens]\n mask q >= k }")["p"]
+    assert "input w: float[tokens]" in str(unread.ir)
+    assert unread.analyze(8, block=4, inputs={"w": [0.5] * 8}).counts["full"] == 1
+    regions = attnlang.parse("""pattern r() {
+    input d: int[tokens]
+    grid (y, x) = (8, 8)
+    mask d[q] == d[k]
+    route topk(2, block = (4, 4))
+}""")["r"]
+    with pytest.raises(AttnlangError, match="a layout does not reorder runtime inputs yet: it cannot read 'd'"):
+        regions.compile(block=16)

@@ -10,7 +10,6 @@ from hypothesis import given, settings, strategies as st
 import attnlang
 from attnlang import AttnlangError, ir, layout as layouts
 from attnlang.fold import fold_linear
-from attnlang.reference import mask_block
 
 INT = ir.Type.INT
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reaso
 SMALL = {"moba": ({"block": 16, "top": 2}, 72), "quest": ({"page": 8, "top": 3}, 72),
          "nsa_selected": ({"block": 16, "top": 3}, 72),
          "biformer": ({"height": 8, "width": 12, "region": 4, "top": 2}, 96),
-         "vmoba": ({"frames": 2, "height": 4, "width": 8, "ct": 2, "cy": 2, "cx": 4, "threshold": 0.5, "top": 3}, 128)}
+         "vmoba": ({"frames": 2, "height": 4, "width": 8, "ct": 2, "cy": 2, "cx": 4, "threshold": 0.5, "top": 3}, 64)}
 TIE = 1e-4  # scores this close (relative to their scale) may rank either way in float32
 
 
@@ -113,11 +113,11 @@ def _reference_selection(pattern, q, k):
 def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(name):
     params, seq = SMALL[name]
     pattern = attnlang.stdlib()[name].bind(**params)
-    q, k, v = tensors(7, 2, 4, 2, seq)
+    q, k, v = tensors(7, 1, 4, 2, seq)
     check_kernel(pattern, q, k, v)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(pool=st.sampled_from(["mean", "max", "minmax", "last"]), qpool=st.sampled_from(["mean", "max"]),
        share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 5),
        block=st.sampled_from([8, 12, 16, 32]), seq=st.integers(17, 100), heads_kv=st.sampled_from([1, 2]),

@@ -42,14 +42,13 @@ def flex(q, k, v, block_mask):
 
 
 @settings(max_examples=25, deadline=None)
-@given(name=st.sampled_from(["moba", "biformer"]), top=st.integers(1, 3), route_block=st.sampled_from([8, 16, 32]),
+@given(name=st.sampled_from(["moba", "blocks"]), top=st.integers(1, 3), route_block=st.sampled_from([8, 16, 32]),
        tile=st.sampled_from([16, 32]), seq=st.integers(20, 150), heads_kv=st.sampled_from([1, 2]),
        seed=st.integers(0, 1000))
 def test_a_routed_block_mask_from_the_tensors_equals_the_routed_reference(lib, name, top, route_block, tile, seq,
                                                                            heads_kv, seed):
-    params = {"block": route_block, "top": top} if name == "moba" else {"region_size": int(route_block ** 0.5),
-                                                                        "top": top}
-    pattern = lib[name].bind(**params)
+    blocks = attnlang.parse("pattern blocks(block = 8, top = 1) { route topk(top, block = block) }")["blocks"]
+    pattern = (lib["moba"] if name == "moba" else blocks).bind(block=route_block, top=top)
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(1, 2, seq, 8, generator=gen, dtype=torch.float64)
     k, v = (torch.randn(1, heads_kv, seq, 8, generator=gen, dtype=torch.float64) for _ in range(2))
@@ -258,7 +257,7 @@ def test_grid_region_routing_equals_a_loop_over_regions(shape, extent, top, per_
 
 def test_a_region_routing_refuses_lengths_that_cut_a_region(lib):
     pattern = lib["biformer"].bind(height=8, width=8, region=4, top=2)
-    with pytest.raises(AttnlangError, match=r"every region must be whole.*multiple of 32, got 40"):
+    with pytest.raises(AttnlangError, match=r"every region must be whole, but the query length 40 is not a multiple of 32"):
         pattern.analyze(40, block=16)
 
 
