@@ -666,14 +666,17 @@ class BlockMap:
 
     # -- FlexAttention ----------------------------------------------------------------
 
-    def to_flex(self, mask_mod=None, *, q=None, k=None, static_only: bool = False):
+    def to_flex(self, mask_mod=None, *, q=None, k=None, static_only: bool = False, stage: str = "auto"):
         """A FlexAttention `BlockMask` built from these tables, without evaluating pairs.
 
         FlexAttention never skips the mask on a tile cut by a ragged end, so such tiles
         are PARTIAL here. `mask_mod` defaults to the pattern's own, printed from the IR.
         A routing pattern needs the tensors it routes by (`q=`, `k=`: the selection is made
         from them, `attnlang.routing.routed_block_mask`), or `static_only=True` for its
-        static candidates.
+        static candidates. `stage`: "device" makes the selection and the tables with the
+        compiled kernels' own stage (`BlockMask.from_kv_blocks`; on CPU under the Triton
+        interpreter), "reference" with the reference's float64 selection, "auto" (default):
+        "device" for CUDA tensors, else "reference".
         """
         import torch
         from torch.nn.attention.flex_attention import BlockMask
@@ -682,7 +685,7 @@ class BlockMap:
             from .routing import refuse_mods, routed_block_mask
             if q is None or k is None:
                 refuse_mods(self.pattern)
-            return routed_block_mask(self, q, k)
+            return routed_block_mask(self, q, k, stage)
         kinds = self.ragged_partial_kinds
         if mask_mod is None:
             from .export import flex_mods

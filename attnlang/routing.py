@@ -256,16 +256,18 @@ def selection_seconds(hw, route: ir.RouteIR, seq_q: int, seq_k: int, batch: int,
 
 # -- export -------------------------------------------------------------------------------
 
-def routed_block_mask(block_map, q, k):
+def routed_block_mask(block_map, q, k, stage: str = "auto"):
     """FlexAttention's `BlockMask` for this routing on these tensors: the selection made from q
     and k, its mask_mod `static AND (selected OR keep)`, and only the tiles the selection (or
-    keep) reaches."""
+    keep) reaches. `stage` as `BlockMap.to_flex` says."""
     import torch
     from torch.nn.attention.flex_attention import BlockMask
 
     from .analysis import _tables
     from .export import flex_mods
     pattern, route = block_map.pattern, block_map.pattern.route
+    if stage not in ("auto", "device", "reference"):
+        raise AttnlangError(f"to_flex: stage must be 'auto', 'device' or 'reference', got {stage!r}")
     if block_map.layout is not None and not block_map.layout.is_row_major:
         raise AttnlangError(f"to_flex(q=, k=): this map of '{pattern.name}' is in the {block_map.layout} layout, so "
                             "its BlockMask would be for tokens in that order, not q's and k's; run the pattern's compiled "
@@ -273,14 +275,16 @@ def routed_block_mask(block_map, q, k):
     if q.shape[2] != block_map.seq_q or k.shape[2] != block_map.seq_k:
         raise AttnlangError(f"to_flex(q=, k=): the block map is for {block_map.seq_q} x {block_map.seq_k} tokens, "
                             f"the tensors have {q.shape[2]} and {k.shape[2]}")
-    candidates = torch.from_numpy(candidate_blocks(pattern, block_map.seq_q, block_map.seq_k, q.shape[1],
-                                                   block_map.inputs, block_map.batch))
-    scores = input_scores(route, [block_map.inputs], block_map.seq_q, block_map.seq_k, q.shape[1])
-    selected = select_blocks(route, candidates[None], q, k, scores)  # (B, H, query blocks, key blocks)
     static_mod, _ = flex_mods(_plain(pattern, pattern.mask), block_map.seq_q, block_map.seq_k, q.shape[1],
                               block_map.inputs)
     keep_mod, _ = flex_mods(_plain(pattern, route.keep), block_map.seq_q, block_map.seq_k, q.shape[1],
                             block_map.inputs)
+    if stage == "device" or (stage == "auto" and q.is_cuda):
+        return _device_block_mask(block_map, q, k, static_mod, keep_mod)
+    candidates = torch.from_numpy(candidate_blocks(pattern, block_map.seq_q, block_map.seq_k, q.shape[1],
+                                                   block_map.inputs, block_map.batch))
+    scores = input_scores(route, [block_map.inputs], block_map.seq_q, block_map.seq_k, q.shape[1])
+    selected = select_blocks(route, candidates[None], q, k, scores)  # (B, H, query blocks, key blocks)
     chosen = selected.to(q.device)
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -297,6 +301,37 @@ def routed_block_mask(block_map, q, k):
                for array in table]
     return BlockMask((block_map.seq_q, block_map.seq_k), *tensors,
                      BLOCK_SIZE=(block_map.block_q, block_map.block_k), mask_mod=mask_mod)
+
+
+def _device_block_mask(block_map, q, k, static_mod, keep_mod):
+    """The routed `BlockMask` from the compiled kernels' own selection stage and tile map, on q's
+    device: the chosen blocks (units x K indices) are what its mask_mod reads."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from attnlang.codegen.runtime import load_module
+    from attnlang.codegen.template import standalone_source
+    pattern, route = block_map.pattern, block_map.pattern.route
+    block = (block_map.block_q, block_map.block_k)
+    module = load_module(standalone_source(pattern, block), pattern.name, interpret=q.device.type != "cuda")
+    maps = {name: torch.from_numpy(np.ascontiguousarray(kinds))[None].to(q.device)
+            for name, kinds in kernel_maps(block_map, module.ROUTE_UNITS).items()}
+    inputs = {name: torch.as_tensor(values) for name, values in block_map.inputs.items()}
+    chosen = module.select(q.detach().contiguous(), k.detach().contiguous(), inputs, maps["candidates"])
+    kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], block_map.seq_q, block_map.seq_k, q.shape[1],
+                                *block)
+    share = q.shape[1] // chosen.shape[1]
+
+    def tiles(selected):  # counts and every column index, selected ones first (FlexAttention's layout)
+        order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return selected.sum(-1).to(torch.int32), order
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        picked = (chosen[b, h // share, q_idx // route.query_block] == kv_idx // route.block).any(-1)
+        return static_mod(b, h, q_idx, kv_idx) & (picked | keep_mod(b, h, q_idx, kv_idx))
+
+    return BlockMask.from_kv_blocks(*tiles(kinds == 1), *tiles(kinds == 2), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(block_map.seq_q, block_map.seq_k))
 
 
 def _plain(pattern: ir.PatternIR, mask: ir.Expr) -> ir.PatternIR:

@@ -168,3 +168,20 @@ def test_a_selection_is_at_most_top_blocks_per_unit_and_reads_no_score_matrix():
     chosen = module.select(q, k, {}, maps["candidates"])
     assert chosen.shape == (1, 2, 80, 2)  # units x top indices: O(N K), never N x blocks scores
     assert bool((kernel.selection(q, k).sum(-1) <= 2).all())
+
+
+@pytest.mark.parametrize("name", ["moba", "nsa_selected"])
+def test_a_block_mask_from_the_device_stage_attends_as_the_kernel_does(name):
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+    params, seq = SMALL[name]
+    pattern = attnlang.stdlib()[name].bind(**params)
+    q, k, v = tensors(9, 1, 4, 2, seq)
+    block_mask = pattern.analyze(seq, heads=4, block=16).to_flex(q=q, k=k, stage="device")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # eager flex_attention on CPU
+        out = flex_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), block_mask=block_mask)
+    selection = pattern.compile(block=16).selection(q, k)
+    expected = pattern.reference_attention(q.double(), k.double(), v.double(), selection=selection)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
