@@ -629,7 +629,7 @@ def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=
 # selection is not differentiated: gradients flow through the attention of the chosen blocks.
 
 POOLS = {"mean": 0, "max": 1, "last": 2, "min": 3}
-NONE_CHOSEN = -1  # a unit with fewer candidates than top: its remaining slots
+NONE_CHOSEN = tl.constexpr(-1)  # a unit with fewer candidates than top: its remaining slots
 
 
 @triton.jit

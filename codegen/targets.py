@@ -279,6 +279,7 @@ def compile_for(kernel, target: str | Target, seq_q: int, seq_k: int | None = No
         "inputs": {name: list(_numpy(values).shape) for name, values in (inputs or {}).items()},
         "tables": _table_shapes(tables),
     }
+
     result = _run_worker(spec)
     return TargetReport(kernel.pattern.label, resolved.name, resolved.devices, seq_q, seq_k, batch,
                         spec["heads"], spec["heads_kv"], spec["head_dim"], spec["dtype"],
@@ -480,6 +481,13 @@ def _launch(module, spec: dict, q, k, v, inputs: dict, tables: dict) -> None:
     # what the launcher picks on a device of the target (meta tensors have no capability)
     launch = spec["launch"] or module.launch_for(block_m, block_n, spec["head_dim"], spec["capability"],
                                                  q.element_size(), len(module.INPUT_NAMES))
+    if module.ROUTE is not None:  # a routed pattern: the selection stage, then attention on its tables
+        route = module.ROUTE
+        rows = -(-spec["seq_q"] // (module.ROUTE_UNITS if route["qblock"] == 1 else route["qblock"]))
+        candidates = torch.empty((1, spec["heads"] if module.MASK_READS_HEAD else 1, rows,
+                                  -(-spec["seq_k"] // route["block"])), dtype=torch.int8, device="meta")
+        tables = tables | {"chosen": module.select(q, k, inputs, candidates), "map_batch": spec["batch"],
+                           "map_heads": spec["heads"]}
     out, lse, _ = module.forward(q, k, v, inputs, scale, block_m, block_n, tables, launch)
     module.backward(q, k, v, out, lse, torch.empty_like(out), torch.empty_like(lse), inputs, scale, block_m,
                     block_n, tables, launch)

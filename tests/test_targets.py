@@ -231,3 +231,16 @@ def test_the_simulator_prices_tiles_with_the_compiled_instruction_counts(tmp_pat
     assert ragged.per_tile("forward")[1] > partial and len(list(tmp_path.glob("costs/*.json"))) == 2
     compiled = simulate(pattern, seq=4096, head_dim=64, block=(64, 64), costs="compiled", backward=True)
     assert compiled.breakdown["elementwise"] > 0 and compiled.time_ms > 0
+
+
+@needs_toolchain
+def test_a_routed_launch_compiles_its_selection_stage_for_the_gpu():
+    # the interpreter accepts what the GPU compiler refuses (a non-constexpr global in a kernel): compile it
+    import torch
+
+    import attnlang
+    kernel = attnlang.stdlib()["moba"].compile(block=64)
+    report = kernel.compile_for("sm_90", 2048, heads=4, head_dim=64, dtype=torch.bfloat16)
+    names = [k.kernel for k in report.kernels]
+    assert names[:2] == ["route_pool", "route_select"] and "attention_forward" in names
+    assert all(k.fits for k in report.kernels)
