@@ -239,8 +239,6 @@ def _run_compile(args) -> int:
     pattern = _load_pattern(args)
     from attnlang.codegen.runtime import _tile_shape
     from attnlang.codegen.template import standalone_source, statement_origins
-    if pattern.is_routed:
-        raise AttnlangError(f"pattern '{pattern.name}' routes by content; routed kernels are not generated yet")
     report = args.report or args.json
     if not args.output and not report:
         raise AttnlangError("compile needs -o kernel.py, or --report to compile for --target and print")
@@ -254,7 +252,7 @@ def _run_compile(args) -> int:
     else:
         block = _tile_shape(tuple(_int_list("--block", args.block)) if "," in args.block
                             else int(_int_list("--block", args.block)[0]))
-    if args.layout.strip().lower() != "row-major":
+    if args.layout.strip().lower() != "row-major" or pattern.routes_regions:  # regions route in their layout
         seq = args.tune_seq if args.seq is None else args.seq
         choice = pattern.choose_layout(args.layout, seq, seq, block, heads=args.heads, head_dim=args.head_dim,
                                        hardware=args.hw)

@@ -185,3 +185,14 @@ def test_a_block_mask_from_the_device_stage_attends_as_the_kernel_does(name):
     selection = pattern.compile(block=16).selection(q, k)
     expected = pattern.reference_attention(q.double(), k.double(), v.double(), selection=selection)
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_command_line_writes_routed_modules(tmp_path, capsys):
+    from attnlang.cli import main
+    path = tmp_path / "moba.py"
+    assert main(["compile", "stdlib", "moba", "-D", "block=16", "-D", "top=2", "--block", "16", "-o", str(path)]) == 0
+    assert "ROUTE = dict(top=2, block=16, qblock=1" in path.read_text()
+    regions = tmp_path / "biformer.py"
+    assert main(["compile", "stdlib", "biformer", "-D", "height=8", "-D", "width=8", "-D", "region=4", "--block", "16",
+                 "--seq", "64", "-o", str(regions)]) == 0
+    assert "layout regions 4x4's order" in capsys.readouterr().out  # its regions route in their own layout
