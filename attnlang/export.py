@@ -193,7 +193,7 @@ def flex_source(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | No
     constants = {"n_q": seq_q, "n_k": seq_k, "heads": heads}
     params = ", ".join(f"{k}={v!r}" for k, v in pattern.params)
     lines = [f'"""FlexAttention mods of attnlang pattern {pattern.name}({params})."""', "", _HEADER]
-    floats, blocks = ir.float_inputs(pattern), {block_input[0] for block_input in pattern.block_inputs}
+    floats, blocks = ir.float_inputs(pattern), ir.block_axes(pattern)
     for name in pattern.inputs:
         kind = "float (float64)" if name in floats else "int (int64)"
         where = "(heads, query blocks, key blocks) entry, flattened" if name in blocks else "token"
@@ -218,7 +218,7 @@ def flex_mods(pattern: ir.PatternIR, seq_q: int | None = None, seq_k: int | None
     namespace: dict = {}
     source = flex_source(pattern, seq_q, seq_k, heads, static_only=True)
     exec(compile(source, f"<attnlang:{pattern.name}>", "exec"), namespace)
-    floats, blocks = ir.float_inputs(pattern), {block_input[0] for block_input in pattern.block_inputs}
+    floats, blocks = ir.float_inputs(pattern), ir.block_axes(pattern)
     for name in pattern.inputs:
         if inputs is None or name not in inputs:
             raise AttnlangError(f"pattern '{pattern.name}' needs input '{name}' for its mask_mod")

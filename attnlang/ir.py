@@ -10,14 +10,14 @@ method per node class in `NODE_TYPES`; a test checks that none is missing.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import Span
 
 __all__ = [
     "Type", "BinaryOp", "UnaryOp", "Func", "ARITHMETIC", "COMPARISONS", "LOGIC", "Expr", "Const", "Var", "Load", "Cast", "Unary", "Binary", "Call", "Select",
     "NODE_TYPES", "VARIABLES", "RouteIR", "PatternIR", "Visitor", "children", "walk",
-    "replace_children", "substitute", "TRUE", "FALSE", "float_inputs",
+    "replace_children", "substitute", "TRUE", "FALSE", "float_inputs", "block_axes",
 ]
 
 
@@ -148,6 +148,11 @@ def float_inputs(pattern: "PatternIR") -> tuple[str, ...]:
     return tuple(dict.fromkeys(read + declared))
 
 
+def block_axes(pattern: "PatternIR") -> dict[str, int]:
+    """Each block input's axes past the batch: ([heads,] query blocks, key blocks)."""
+    return {name: 3 if per_head else 2 for name, _, _, per_head, _ in pattern.block_inputs}
+
+
 @dataclass(frozen=True)
 class Cast(Expr):
     """An int promoted to float where it meets a float (explicit so printers need no rules)."""
@@ -272,6 +277,11 @@ class PatternIR:
     # read as a per-token input of its flattened values (index lowered in mask and logit)
     block_inputs: tuple[tuple[str, int, int, bool, str], ...] = ()
     declared_floats: tuple[str, ...] = ()  # `input NAME: float[tokens]`, read or not
+
+    def with_mask(self, mask: Expr) -> "PatternIR":
+        """This pattern with `mask` alone (no routing, no grid), its logit and inputs as they are:
+        a routing's static, candidate or kept part."""
+        return replace(self, mask=mask, route=None, grid=())
 
     @property
     def param_dict(self) -> dict:

@@ -208,9 +208,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     mask = fold_constants(_conjunction(valid + [rewrite(pattern.mask)]))
     # in the region layout each region is `block` contiguous tokens: it routes as plain blocks
     route = pattern.route and replace(pattern.route, keep=rewrite(pattern.route.keep), region=None)
-    return ir.PatternIR(pattern.name, pattern.params, mask, rewrite(pattern.logit), pattern.inputs, route,
-                        grid=(), span=pattern.span, block_inputs=pattern.block_inputs,
-                        declared_floats=pattern.declared_floats)
+    return replace(pattern, mask=mask, logit=rewrite(pattern.logit), route=route, grid=())
 
 
 def region_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1) -> Layout:

@@ -232,7 +232,7 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
     for name in pattern.inputs:
         array = _as_float_array(inputs[name], name) if name in floats else _as_int_array(inputs[name], name)
         if name in blocks:
-            checked[name] = _block_values(array, blocks[name], lengths or (length, length), batch, heads)
+            checked[name] = _block_values(pattern, array, blocks[name], lengths or (length, length), batch, heads)
             if pattern.route is not None and pattern.route.by == name and not np.isfinite(checked[name]).all():
                 raise AttnlangError(f"input '{name}' scores the routing (by = {name}): every score must be finite, "
                                     "found inf (leave a block out with keep or the mask instead)")
@@ -256,18 +256,15 @@ def has_batch_axis(pattern: ir.PatternIR, name: str, value) -> bool:
     """Whether input `name` was given one row per batch entry: `(batch, tokens)`, or a block
     input with a leading batch axis (`(batch, [heads,] query blocks, key blocks)`)."""
     ndim = np.ndim(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-    for block_name, _, _, per_head, _ in pattern.block_inputs:
-        if block_name == name:
-            return ndim == (4 if per_head else 3)
-    return ndim == 2
+    return ndim == ir.block_axes(pattern).get(name, 1) + 1
 
 
-def _block_values(array: np.ndarray, block_input, lengths: tuple[int, int], batch: int | None,
+def _block_values(pattern: ir.PatternIR, array: np.ndarray, block_input, lengths: tuple[int, int], batch: int | None,
                   heads: int | None) -> np.ndarray:
     """A block input's entries for one batch entry, flattened (heads, query blocks, key blocks)."""
     name, bq, bk, per_head, dtype = block_input
     grid = (-(-lengths[0] // bq), -(-lengths[1] // bk))
-    core = 3 if per_head else 2
+    core = ir.block_axes(pattern)[name]
     per_entry = grid[0] * grid[1] * ((heads or 0) if per_head else 1)
     whole_maps = not per_entry and array.size % (grid[0] * grid[1]) == 0  # heads not known here
     if array.ndim == 1 and array.size and (array.size == per_entry or whole_maps):
@@ -286,13 +283,16 @@ def _block_values(array: np.ndarray, block_input, lengths: tuple[int, int], batc
     return np.ascontiguousarray(array).reshape(-1)
 
 
+def _as_array(value, name: str, kinds: str, what: str) -> np.ndarray:
+    """`value` (array-like or torch tensor) as numpy, its dtype one of numpy's `kinds`."""
+    array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    if array.dtype.kind not in kinds:
+        raise AttnlangError(f"input '{name}' must hold {what}, got dtype {array.dtype}")
+    return array
+
+
 def _as_float_array(value, name: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if array.dtype.kind not in "iubf":
-        raise AttnlangError(f"input '{name}' must hold numbers (a float input), got dtype {array.dtype}")
-    array = array.astype(np.float64)
+    array = _as_array(value, name, "iubf", "numbers (a float input)").astype(np.float64)
     if np.isnan(array).any():
         raise AttnlangError(f"input '{name}' holds NaN at token {int(np.flatnonzero(np.isnan(array))[0])}: "
                             "a float input needs a value (inf allowed) for every token")
@@ -300,12 +300,7 @@ def _as_float_array(value, name: str) -> np.ndarray:
 
 
 def _as_int_array(value, name: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if array.dtype.kind not in "iub":
-        raise AttnlangError(f"input '{name}' must hold integers, got dtype {array.dtype}")
-    return array.astype(np.int64)
+    return _as_array(value, name, "iub", "integers").astype(np.int64)
 
 
 def mask_block(pattern: ir.PatternIR, q_range: range, k_range: range, heads: int, seq_q: int,
@@ -435,8 +430,7 @@ def reference_attention(pattern: ir.PatternIR, q, k, v, inputs=None, scale=None,
 
 
 def _keep_mask(pattern: ir.PatternIR, seq_q, seq_k, heads, inputs, batch) -> np.ndarray:
-    keep_only = ir.PatternIR(pattern.name, pattern.params, pattern.route.keep, pattern.logit, pattern.inputs,
-                             block_inputs=pattern.block_inputs, declared_floats=pattern.declared_floats)
+    keep_only = pattern.with_mask(pattern.route.keep)
     return np.ascontiguousarray(mask_block(keep_only, range(seq_q), range(seq_k), heads, seq_q, seq_k,
                                            inputs, batch=batch))
 

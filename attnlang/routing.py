@@ -36,11 +36,9 @@ def refuse_mods(pattern: ir.PatternIR) -> None:
 def _static_and_keep(pattern: ir.PatternIR) -> tuple[ir.PatternIR, ir.PatternIR]:
     """The candidate pattern (static AND NOT keep) and the keep pattern (static AND keep)."""
     keep = pattern.route.keep
-    base = dict(name=pattern.name, params=pattern.params, logit=pattern.logit, inputs=pattern.inputs,
-                block_inputs=pattern.block_inputs, declared_floats=pattern.declared_floats)
     open_ = ir.Binary("and", pattern.mask, ir.Unary("not", keep, ir.Type.BOOL), ir.Type.BOOL)
     kept = ir.Binary("and", pattern.mask, keep, ir.Type.BOOL)
-    return ir.PatternIR(mask=open_, **base), ir.PatternIR(mask=kept, **base)
+    return pattern.with_mask(open_), pattern.with_mask(kept)
 
 
 def candidate_blocks(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int, inputs=None,
@@ -275,9 +273,9 @@ def routed_block_mask(block_map, q, k, stage: str = "auto"):
     if q.shape[2] != block_map.seq_q or k.shape[2] != block_map.seq_k:
         raise AttnlangError(f"to_flex(q=, k=): the block map is for {block_map.seq_q} x {block_map.seq_k} tokens, "
                             f"the tensors have {q.shape[2]} and {k.shape[2]}")
-    static_mod, _ = flex_mods(_plain(pattern, pattern.mask), block_map.seq_q, block_map.seq_k, q.shape[1],
+    static_mod, _ = flex_mods(pattern.with_mask(pattern.mask), block_map.seq_q, block_map.seq_k, q.shape[1],
                               block_map.inputs)
-    keep_mod, _ = flex_mods(_plain(pattern, route.keep), block_map.seq_q, block_map.seq_k, q.shape[1],
+    keep_mod, _ = flex_mods(pattern.with_mask(route.keep), block_map.seq_q, block_map.seq_k, q.shape[1],
                             block_map.inputs)
     if stage == "device" or (stage == "auto" and q.is_cuda):
         return _device_block_mask(block_map, q, k, static_mod, keep_mod)
@@ -332,12 +330,6 @@ def _device_block_mask(block_map, q, k, static_mod, keep_mod):
 
     return BlockMask.from_kv_blocks(*tiles(kinds == 1), *tiles(kinds == 2), BLOCK_SIZE=block, mask_mod=mask_mod,
                                     seq_lengths=(block_map.seq_q, block_map.seq_k))
-
-
-def _plain(pattern: ir.PatternIR, mask: ir.Expr) -> ir.PatternIR:
-    return ir.PatternIR(pattern.name, pattern.params, mask, pattern.logit, pattern.inputs,
-                        block_inputs=pattern.block_inputs,
-                        declared_floats=pattern.declared_floats)
 
 
 def _reached_tiles(block_map, selected: np.ndarray) -> np.ndarray:

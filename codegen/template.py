@@ -121,7 +121,7 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
         f"MASK_READS_BATCH = {pairs_depend_on(pattern, 'b')}",
         f"INPUT_NAMES = {tuple(pattern.inputs)!r}",
         f"FLOAT_INPUTS = {ir.float_inputs(pattern)!r}",
-        f"BLOCK_INPUTS = {_block_axes(pattern)!r}",
+        f"BLOCK_INPUTS = {ir.block_axes(pattern)!r}",
         f"INPUT_READS = {reads!r}",
         f"BLOCK = {tuple(block)!r}",
         f"ROUTE = {_route_constant(pattern.route)}",
@@ -141,11 +141,6 @@ def _pattern_region(pattern: ir.PatternIR, block: tuple[int, int], origins: dict
     identity = pattern.logit == SCORE
     return "\n".join(constants) + "\n\n\n" + "\n\n".join(functions) + (
         f"\n\nLOGIT_IS_SCORE = tl.constexpr({identity})  # True: _logit2 is the identity and _dlogit 1")
-
-
-def _block_axes(pattern: ir.PatternIR) -> dict[str, int]:
-    """Each block input's axes past the batch: ([heads,] query blocks, key blocks)."""
-    return {name: 3 if per_head else 2 for name, _, _, per_head, _ in pattern.block_inputs}
 
 
 def _tile_condition(condition: ir.Expr) -> ir.Expr:

@@ -16,3 +16,11 @@ settings.register_profile(
     "thorough", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+import pytest  # noqa: E402
+
+# CPU tensors run the kernels under the Triton interpreter; a GPU run turns it off and checks the
+# kernels compiled instead (tests/test_gpu.py)
+needs_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="runs the kernels on CPU under the Triton interpreter; with it off (a GPU run) tests/test_gpu.py checks them")

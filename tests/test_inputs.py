@@ -3,7 +3,6 @@ weights, predictor scores) and block inputs (`input m: bool[heads, blocks(BQ, BK
 mask as FlashInfer's BSR API takes it; `float[...]` block scores, also as a routing's `by`),
 the same in the analysis, the reference, the export and the kernels."""
 
-import os
 import warnings
 
 import numpy as np
@@ -14,6 +13,8 @@ from hypothesis import given, settings, strategies as st
 import attnlang
 from attnlang import AttnlangError
 from attnlang.reference import classify_tiles
+
+from .conftest import needs_interpreter
 
 SOURCE = """pattern weighted(window = 24, threshold = 1.0) {
     input w: float[tokens]
@@ -60,21 +61,24 @@ def test_the_exported_mods_read_the_floats(weighted):
     torch.testing.assert_close(out, weighted.reference_attention(q, k, v, inputs={"w": w}), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
-def test_the_kernel_reads_the_floats_forward_and_backward(weighted):
-    n = 70
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(n, generator=gen) * 1.5
-    q, k, v = (torch.randn(1, 2, n, 16, generator=gen, requires_grad=True) for _ in range(3))
-    out = weighted.compile(block=16)(q, k, v, inputs={"w": w})
+def assert_kernel_matches_the_reference(pattern, inputs, gen, seq=70):
+    """The kernel's output and dq, dk, dv against the float64 reference, on these inputs."""
+    q, k, v = (torch.randn(1, 2, seq, 16, generator=gen, requires_grad=True) for _ in range(3))
+    out = pattern.compile(block=16)(q, k, v, inputs=inputs)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad)
     qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    expected_out = weighted.reference_attention(qd, kd, vd, inputs={"w": w})
+    expected_out = pattern.reference_attention(qd, kd, vd, inputs=inputs)
     expected = torch.autograd.grad(expected_out, (qd, kd, vd), grad.double())
     torch.testing.assert_close(out.double(), expected_out, rtol=1e-4, atol=1e-4)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
+
+
+@needs_interpreter
+def test_the_kernel_reads_the_floats_forward_and_backward(weighted):
+    gen = torch.Generator().manual_seed(0)
+    assert_kernel_matches_the_reference(weighted, {"w": torch.randn(70, generator=gen) * 1.5}, gen)
 
 
 BLOCKS = """pattern bsr(bq = 32, bk = 16) {
@@ -141,7 +145,7 @@ def test_a_block_input_of_the_wrong_shape_says_which():
         pattern.analyze(75, heads=2, block=16, inputs=inputs)
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+@needs_interpreter
 def test_the_kernel_reads_block_inputs():
     pattern = attnlang.parse(BLOCKS)["bsr"]
     seq = 75
@@ -187,25 +191,14 @@ def test_by_must_name_float_block_scores_of_the_routing_blocks():
         attnlang.parse("pattern p() { input s: float[blocks(8)]\n route topk(2, block = 8, qblock = 1, by = s) }")
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+@needs_interpreter
 def test_the_routed_kernel_selects_by_the_score_input():
     pattern = attnlang.parse(ROUTED_BY)["predicted"].bind(block=16)
-    seq = 70
     gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(2, seq, 5, generator=gen)
-    q, k, v = (torch.randn(1, 2, seq, 16, generator=gen, requires_grad=True) for _ in range(3))
-    out = pattern.compile(block=16)(q, k, v, inputs={"s": scores})
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), grad)
-    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    expected_out = pattern.reference_attention(qd, kd, vd, inputs={"s": scores})
-    expected = torch.autograd.grad(expected_out, (qd, kd, vd), grad.double())
-    torch.testing.assert_close(out.double(), expected_out, rtol=1e-4, atol=1e-4)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
+    assert_kernel_matches_the_reference(pattern, {"s": torch.randn(2, 70, 5, generator=gen)}, gen)
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+@needs_interpreter
 def test_a_block_mask_per_batch_entry_gives_each_entry_its_own_tables():
     pattern = attnlang.parse("pattern p() { input m: bool[blocks(16)]\n mask m }")["p"]
     mask = torch.zeros(2, 2, 2, dtype=torch.bool)

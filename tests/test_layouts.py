@@ -1,6 +1,5 @@
 """Layouts: token orders as IR substitutions — exact masks, exact block maps, correct kernels."""
 
-import os
 
 import numpy as np
 import pytest
@@ -10,6 +9,8 @@ from hypothesis import given, settings, strategies as st
 import attnlang
 from attnlang import AttnlangError, ir, layout as layouts
 from attnlang.fold import fold_linear
+
+from .conftest import needs_interpreter
 
 INT = ir.Type.INT
 
@@ -203,8 +204,6 @@ def test_laid_out_patterns_are_bound_first(lib):
 
 # -- kernels (interpreter) -----------------------------------------------------------------
 
-needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                       reason="runs the kernels under the Triton interpreter")
 
 
 def check_kernel(pattern, kernel, seq, heads=2, heads_kv=None, dim=16):

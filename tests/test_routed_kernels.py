@@ -9,7 +9,6 @@ must be equal, ties (to the lower block) included.
 """
 
 import math
-import os
 
 import pytest
 import torch
@@ -18,9 +17,10 @@ from hypothesis import given, settings, strategies as st
 import attnlang
 from attnlang.routing import _key_summary, _query_scores, candidate_blocks
 
+from .conftest import needs_interpreter
 from .flex_mods import ROUTED
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+pytestmark = needs_interpreter
 
 SMALL = {"moba": ({"block": 16, "top": 2}, 72), "quest": ({"page": 8, "top": 3}, 72),
          "nsa_selected": ({"block": 16, "top": 3}, 72),
