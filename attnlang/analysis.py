@@ -487,12 +487,16 @@ class BlockMap:
         return {"empty": int(values[EMPTY]), "partial": int(values[PARTIAL]), "full": int(values[FULL])}
 
     def routed_tiles(self) -> int | None:
-        """For a routing pattern, the most tiles a launch visits once routing has chosen (the
-        kept tiles plus K routing blocks per query block, over the map's heads;
-        `attnlang.routing.routed_rows`); `counts` are the static candidates. None otherwise."""
+        """For a routing pattern, the most tiles a launch visits once routing has chosen, over
+        the map's heads: the kept tiles plus K routing blocks per query block
+        (`attnlang.routing.routed_rows`), or for per-token routing, which runs key-block-major,
+        plus a program of BLOCK_M rows per chosen block (`attnlang.routing.gathered_bound`);
+        `counts` are the static candidates. None otherwise."""
         if self.pattern.route is None:
             return None
-        from .routing import routed_rows
+        from .routing import gathered_bound, routed_rows
+        if self.pattern.route.query_block == 1:
+            return gathered_bound(self)
         return int(routed_rows(self).sum())
 
     def useful_fraction(self, exact: bool = False) -> float:

@@ -205,7 +205,7 @@ def _run_show(args) -> int:
     print(f"{pattern.label}   queries {seq_q} x keys {seq_k}" + (f", {heads} heads" if heads > 1 else ""))
     if pattern.is_routed:
         r = pattern.ir.route
-        print(f"note: routing picks {r.top} blocks of {r.block} tokens per query block at run time; "
+        print(f"note: routing picks {r.top} blocks of {r.block} tokens per {_routing_unit(r)} at run time; "
               "this is the static mask it chooses from")
     if png:
         block = args.block or _auto_block(max(seq_q, seq_k), max(seq_q, seq_k))
@@ -380,7 +380,7 @@ def _run_analyze(args) -> int:
     if pattern.is_routed:
         r = pattern.ir.route
         print(f"  routed        at most {block_map.routed_tiles():,} tiles visited once routing picks {r.top} blocks of "
-              f"{r.block} per query block (the counts above are the static candidates it picks from)")
+              f"{r.block} per {_routing_unit(r)} (the counts above are the static candidates it picks from)")
     print(f"  useful        {block_map.useful_fraction():.4f}   (allowed pairs / pairs of visited tiles)")
     if not block_map.layout.is_row_major or block_map.layout_choice:
         padded = block_map.seq_q, block_map.seq_k
@@ -417,6 +417,10 @@ def _heads_to_show(pattern: Pattern, heads: int, head: int | None) -> list[int]:
     if heads <= MAX_HEADS_SHOWN:
         return list(range(heads))
     return [0, 1, heads - 2, heads - 1]
+
+
+def _routing_unit(route) -> str:
+    return "query token" if route.query_block == 1 else "query block"
 
 
 def _auto_block(seq_q: int, seq_k: int) -> int:

@@ -209,16 +209,20 @@ def _routed_rows(block_map, kept_map: np.ndarray) -> np.ndarray:
     return np.minimum(static, kept + route.top * units * tiles_per_block)
 
 
-def routed_kinds(block_map) -> np.ndarray:
+def routed_kinds(block_map, kept_only: bool = False) -> np.ndarray:
     """A tile map with each row's routed bound of tiles (what the simulator prices): the kept
     tiles, then the row's other static tiles in order. A routed tile is PARTIAL (the selection
     is read per pair) unless it lies in one routing unit and one block, whose selection is
-    all or nothing: then it keeps its static kind, as the kernels' tables do."""
+    all or nothing: then it keeps its static kind, as the kernels' tables do. `kept_only`: the
+    kept tiles alone (the tile-map half of a gathered launch; `gathered_tiles` has the rest)."""
     from .analysis import EMPTY, FULL, PARTIAL
     route = block_map.pattern.route
     static = block_map.ragged_partial_kinds
     kept_map = _kept_map(block_map)  # analyzed once, for the tiles and for the budget
     kept = np.broadcast_to(kept_map != EMPTY, static.shape)
+    if kept_only:
+        kept_full = np.broadcast_to(kept_map == FULL, static.shape) & (static == FULL)
+        return np.where(kept, np.where(kept_full, FULL, PARTIAL), EMPTY).astype(np.int8)
     budget = _routed_rows(block_map, kept_map)
     budget = np.broadcast_to(budget, static.shape[:2])
     others = (static != EMPTY) & ~kept
@@ -230,6 +234,73 @@ def routed_kinds(block_map) -> np.ndarray:
     routed_kind = np.where(static == FULL, FULL, PARTIAL) if whole else PARTIAL
     kinds = np.where(chosen, routed_kind, EMPTY)
     return np.where(kept, np.where(kept_full, FULL, PARTIAL), kinds).astype(np.int8)
+
+
+def gathered_tiles(block_map, backward: bool = True) -> dict:
+    """Per-token routing's gathered kernels, as the simulator prices them: per kernel, its
+    programs' FULL and PARTIAL tile counts (map heads, programs). A forward (and dQ) program
+    takes BLOCK_M rows that chose one key block and visits that block's key tiles; a dK/dV
+    program takes one key tile and the programs of the blocks it overlaps. The rows a block
+    gets are the expected count when each row chooses uniformly among its candidate blocks
+    (min(top, candidates) of them): the data decide the real ones (`benchmarks/routing.py
+    --schedules` counts them on real selections)."""
+    from .analysis import EMPTY
+    route = block_map.pattern.route
+    bm, bn, seq_q, seq_k = block_map.block_q, block_map.block_k, block_map.seq_q, block_map.seq_k
+    open_, _ = _static_and_keep(block_map.pattern)
+    candidates = _quiet_map(open_, seq_q, seq_k, block_map.heads, (bm, route.block), block_map.inputs,
+                            block_map.batch).kinds != EMPTY                  # (H', query tiles, key blocks)
+    rows = np.minimum(bm, seq_q - np.arange(candidates.shape[1]) * bm)
+    options = candidates.sum(-1)
+    per_row = rows * np.minimum(route.top, options) / np.maximum(options, 1)
+    chosen_rows = (candidates * per_row[..., None]).sum(1)                 # (H', key blocks)
+    programs = np.ceil(chosen_rows / bm - 1e-9)
+    blocks = np.arange(candidates.shape[2])
+    first, last = blocks * route.block // bn, (np.minimum((blocks + 1) * route.block, seq_k) - 1) // bn
+    tiles_per_block = (last - first + 1).astype(np.float64)
+    width = int(programs.sum(-1).max())
+    forward = np.zeros((programs.shape[0], max(width, 1)))
+    for head, counts in enumerate(programs.astype(np.int64)):
+        forward[head, :counts.sum()] = np.repeat(tiles_per_block, counts)
+    key_tiles = np.zeros((programs.shape[0], -(-seq_k // bn)))
+    for head in range(programs.shape[0]):  # each key tile: the programs of every block it overlaps
+        np.add.at(key_tiles[head], first, programs[head])
+        spans = last > first
+        for step in range(1, int((last - first).max()) + 1 if spans.any() else 1):
+            np.add.at(key_tiles[head], np.minimum(first + step, last), np.where(first + step <= last, programs[head], 0))
+    zeros = np.zeros_like
+    tiles = {"forward": (zeros(forward), forward)}
+    if backward:
+        tiles |= {"backward_kv": (zeros(key_tiles), key_tiles), "backward_q": (zeros(forward), forward)}
+    return tiles
+
+
+def gathered_bound(block_map) -> int:
+    """The most tiles per-token routing's gathered schedule visits, over the map's heads: the
+    kept tiles, and per key block one program of its key tiles per BLOCK_M rows that chose it,
+    so at most (chosen entries / BLOCK_M + blocks with a candidate) programs of the widest
+    block's tiles, where a row chooses min(top, its query tile's candidate blocks) at most."""
+    from .analysis import EMPTY
+    route = block_map.pattern.route
+    bm, bn, seq_q, seq_k = block_map.block_q, block_map.block_k, block_map.seq_q, block_map.seq_k
+    open_, _ = _static_and_keep(block_map.pattern)
+    candidates = _quiet_map(open_, seq_q, seq_k, block_map.heads, (bm, route.block), block_map.inputs,
+                            block_map.batch).kinds != EMPTY                  # (H', query tiles, key blocks)
+    rows = np.minimum(bm, seq_q - np.arange(candidates.shape[1]) * bm)
+    entries = (rows * np.minimum(route.top, candidates.sum(-1))).sum(-1)    # (H',)
+    programs = np.ceil(entries / bm) + candidates.any(1).sum(-1)
+    widest = -(-route.block // bn) + (0 if route.block % bn == 0 or bn % route.block == 0 else 1)
+    kept = int((_kept_map(block_map) != EMPTY).sum()) * candidates.shape[0] // _kept_map(block_map).shape[0]
+    return kept + int((programs * widest).sum())
+
+
+def merge_seconds(hw, route: ir.RouteIR, seq_q: int, batch: int, heads: int, head_dim: int,
+                  backward: bool = True) -> float:
+    """The gathered schedule's float32 partial outputs, one per (row, choice): zeroed, written
+    by the kernel and read by the merge (forward), and the same for the dQ slots (backward)."""
+    slots = batch * heads * seq_q * route.top * head_dim * 4
+    passes = 2 if backward else 1
+    return passes * 3 * slots / (hw.hbm_gb_per_s * 1e9 * hw.efficiency["memory"])
 
 
 def selection_seconds(hw, route: ir.RouteIR, seq_q: int, seq_k: int, batch: int, heads: int, head_dim: int,

@@ -288,7 +288,7 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
              dtype: str = "bf16", batch: int = 1, hardware="h100", backward: bool = False,
              block=(128, 64), seq_k: int | None = None, inputs=None, placement: str = "greedy",
              compute_only: bool = False, partial_as_full: bool = False, costs="model",
-             layout="auto") -> SimResult:
+             layout="auto", route_schedule: str | None = None) -> SimResult:
     """Predicted time of attnlang's kernel for a pattern (or a block map) on a GPU.
 
     `costs` prices a tile's non-MMA work: "model" weighs the IR's operations (fast, no
@@ -306,7 +306,10 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     (`breakdown["permutation"]`); speedup stays against the dense kernel on the original
     lengths. A block map passed in carries its own layout. A routing pattern is priced at its
     routed bound (`attnlang.routing.routed_kinds`) plus its selection stage
-    (`breakdown["selection"]`), never as its static candidates.
+    (`breakdown["selection"]`), never as its static candidates. Per-token routing runs the
+    schedule `route_schedule` ("gathered": the chosen blocks key-block-major, `breakdown["gathered"]`
+    and their partial outputs' merge, `breakdown["merge"]`; "tiles": tile-major; None: what the
+    kernel runs, gathered).
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_BYTES:
@@ -320,20 +323,25 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     model = _ModelInstructions(pattern, bm, bn, partial_as_full)
     slots = hw.sms * int(hw.efficiency["programs_per_sm"])
 
-    def run(kinds: np.ndarray):
+    def run(kinds: np.ndarray | None, tiles: dict | None = None):
+        """Seconds and parts of the launch's passes over a tile map, or over `tiles`: per kernel,
+        its programs' FULL and PARTIAL tile counts, (map heads, programs) each."""
         total, parts = 0.0, {"mma": 0.0, "elementwise": 0.0, "memory": 0.0, "overhead": 0.0, "imbalance": 0.0}
         for kernel, flops, rows, transposed in _passes(bm, bn, backward):
-            pass_kinds = kinds.transpose(0, 2, 1) if transposed else kinds
+            if tiles is None:
+                pass_kinds = kinds.transpose(0, 2, 1) if transposed else kinds
+                n_full = (pass_kinds == FULL).sum(-1).astype(np.float64)
+                n_partial = (pass_kinds == PARTIAL).sum(-1).astype(np.float64)
+            else:
+                n_full, n_partial = tiles[kernel]
             counts = instructions.per_tile(kernel) if instructions else (None, None)
             full_count = counts[0] or model.full(kernel)
             partial_count = full_count if partial_as_full else counts[1] or model.partial(kernel)
             full = _TileCosts(hw, bm, bn, head_dim, dtype, full_count, flops, rows, compute_only)
             partial = _TileCosts(hw, bm, bn, head_dim, dtype, partial_count, flops, rows, compute_only)
-            n_full = (pass_kinds == FULL).sum(-1).astype(np.float64)
-            n_partial = (pass_kinds == PARTIAL).sum(-1).astype(np.float64)
             program = 0.0 if compute_only else _program_seconds(hw, kernel, bm, bn, head_dim, dtype)
             per_row = n_full * full.total + n_partial * partial.total + program      # (H', rows)
-            map_heads = kinds.shape[0]  # this run's map: 1, or one per head
+            map_heads = n_full.shape[0]  # this run's map: 1, or one per head
             durations = _launch_order(per_row, batch, heads, map_heads)
             makespan = schedule_programs(durations * hw.efficiency["programs_per_sm"], slots, placement)
             total += makespan
@@ -345,13 +353,28 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
             parts["imbalance"] += float(makespan - durations.sum() * hw.efficiency["programs_per_sm"] / slots)
         return total, parts
 
-    kinds, selection = block_map.kinds, 0.0
+    kinds, selection, gathered = block_map.kinds, 0.0, None
     if pattern.route is not None:  # routing visits at most its bound, after a selection stage of its own
-        from .routing import routed_kinds, selection_seconds
-        kinds = routed_kinds(block_map)
+        from .routing import gathered_tiles, merge_seconds, routed_kinds, selection_seconds
+        if route_schedule not in (None, "gathered", "tiles"):
+            raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {route_schedule!r}")
+        if pattern.route.query_block != 1 and route_schedule == "gathered":
+            raise AttnlangError("route_schedule='gathered' is per-token routing's (qblock = 1)")
+        per_token = pattern.route.query_block == 1
+        if per_token and route_schedule != "tiles":  # per token: the kept pairs tile-major, the chosen blocks gathered
+            kinds, gathered = routed_kinds(block_map, kept_only=True), gathered_tiles(block_map, backward)
+        else:
+            kinds = routed_kinds(block_map)
         if not compute_only:
             selection = selection_seconds(hw, pattern.route, seq, seq_k, batch, heads, head_dim, dtype)
     time, breakdown = run(kinds)
+    breakdown["gathered"] = breakdown["merge"] = 0.0
+    if gathered is not None:  # its own line: the parts above are the tile-major half's
+        breakdown["gathered"], _ = run(None, gathered)
+        time += breakdown["gathered"]
+        if not compute_only:
+            breakdown["merge"] = merge_seconds(hw, pattern.route, seq, batch, heads, head_dim, backward)
+            time += breakdown["merge"]
     breakdown["selection"] = selection
     time += selection
     laid_out = block_map.layout is not None and not block_map.layout.is_row_major
@@ -367,13 +390,15 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     if laid_out:
         seq, seq_k = original
     visited = float((kinds != 0).sum()) * heads / kinds.shape[0]
+    if gathered is not None:  # the gathered programs' tiles too (the forward's: one visit per tile)
+        visited += float(sum(gathered["forward"]).sum()) * heads / gathered["forward"][0].shape[0]
     flops_per_tile = (4.0 + (14.0 if backward else 0.0)) * bm * bn * head_dim
     peak = (hw.bf16_tflops if dtype != "fp32" else hw.fp32_tflops) * 1e12
     return SimResult(
         pattern=_label(pattern), hardware=hw.key, seq=seq, seq_k=seq_k, batch=batch, heads=heads,
         head_dim=head_dim, dtype=dtype, backward=backward, block=(bm, bn), time_ms=time * 1e3,
         dense_time_ms=dense_time * 1e3, speedup=dense_time / time if time else float("inf"),
-        upper_bound=dense.size * kinds.shape[0] / max(float((kinds != 0).sum()), 1.0),  # per map head
+        upper_bound=dense.size * heads / max(visited, 1.0),
         utilization=visited * batch * flops_per_tile / (time * peak) if time else 0.0,
         tile_density=block_map.tile_density, programs=int(block_map.kinds.shape[1] * batch * heads), slots=slots,
         breakdown={k: v * 1e3 for k, v in breakdown.items()},

@@ -47,6 +47,7 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
 HASH_SEED = tl.constexpr(0x9E3779B9)
 OUT_OF_RANGE = 3  # the tile kind classify_tiles writes where an input index leaves its input
+KEPT_ONLY = tl.constexpr(-1)  # ROUTE_TOP of a gathered launch's tile-map half (mask AND keep)
 
 # <attnlang:pattern>
 PATTERN = "dense()"
@@ -174,8 +175,11 @@ def _hash_step(h, a):
 def _allowed(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH,
              HEADS: tl.constexpr, ROUTE_TOP: tl.constexpr, ROUTE_QBLOCK: tl.constexpr, ROUTE_BLOCK: tl.constexpr):
     """The pattern's mask; routed (ROUTE_TOP > 0): mask AND (selected OR keep), where a pair is
-    selected when its key block is one of the ROUTE_TOP blocks its query unit chose."""
+    selected when its key block is one of the ROUTE_TOP blocks its query unit chose; KEPT_ONLY:
+    mask AND keep."""
     allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+    if ROUTE_TOP == KEPT_ONLY:  # the tile-map half of a gathered launch: the gathered kernels attend the rest
+        allowed = allowed & _keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
     if ROUTE_TOP > 0:
         unit = q_pos // ROUTE_QBLOCK  # positions are >= 0: // is floor
         block = k_pos // ROUTE_BLOCK
@@ -922,11 +926,19 @@ def routed_kinds(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
     return torch.where(reached, torch.where(full, 2, 1), 0).to(torch.int8)
 
 
-def routed_tables(q, k, inputs, maps, block_m, block_n):
-    """The kernels' tables for this q and k: the selection, and the tables of its tile map.
-    `maps`: the candidate, static and kept kinds (`route_maps`, or the analysis' same maps)."""
+def routed_tables(q, k, inputs, maps, block_m, block_n, schedule=None):
+    """The kernels' tables for this q and k: the selection, and the tables of its tile map; or
+    for the gathered schedule (`schedule` "gathered", or None and `gathers()`), the tables of mask
+    AND keep with the selection regrouped by key block. `maps`: the candidate, static and kept
+    kinds (`route_maps`, or the analysis' same maps)."""
     batch, heads, seq_q, _ = q.shape
     chosen = select(q, k, inputs, maps["candidates"])
+    schedule = schedule or ("gathered" if gathers() else "tiles")
+    if schedule == "gathered" and ROUTE["qblock"] != 1:
+        raise ValueError("the gathered schedule is per-token routing's (qblock = 1); this pattern routes query blocks")
+    if schedule == "gathered":
+        lists = gathered_lists(chosen, triton.cdiv(k.shape[2], ROUTE["block"]), block_m)
+        return tables_of(maps["kept"]) | {"chosen": chosen, "gathered": lists}
     kinds = routed_kinds(chosen, maps["static"], maps["kept"], seq_q, k.shape[2], heads, block_m, block_n)
     return tables_of(kinds) | {"chosen": chosen}
 
@@ -939,18 +951,246 @@ def route_maps(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=BL
             "kept": classify(seq_q, seq_k, heads, inputs, device, block_m, block_n, batch, pairs=1)}
 
 
+# -- per-token routing, key-block-major ("gathered") -----------------------------------------------
+# Per-token routing scatters each tile row's choices over many key blocks, so a tile-major launch
+# visits the union of its rows' blocks for a few rows each. The gathered schedule walks the key
+# blocks instead: for each chosen block, the query rows that chose it, gathered BLOCK_M at a time
+# (`gathered_lists`: a counting sort of the selection, O(N top)). Each (row, choice) gets one
+# partial output and LSE; `merge_parts` combines them with the tile-major launch of mask AND keep
+# (KEPT_ONLY), exactly: the chosen pairs (mask AND NOT keep) and the kept ones are disjoint.
+# The backward is deterministic too: dK/dV per key tile over its blocks' gathered rows, dQ per
+# (row, choice) slot, summed.
+
+@triton.jit
+def _gathered_rows(Order, Work, group, w, n_entries, WORK_ITEMS, ROUTE_TOP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Work item w of a selection group: its key block (-1: none), and up to BLOCK_M (row, choice)
+    entries that chose it, as the entry (row * ROUTE_TOP + choice), its row, and which lanes hold one."""
+    item = Work + (group.to(tl.int64) * WORK_ITEMS + w) * 3
+    block, first, end = tl.load(item), tl.load(item + 1), tl.load(item + 2)
+    slots = first + tl.arange(0, BLOCK_M)
+    live = slots < tl.where(block >= 0, end, first)  # an item past the group's holds none
+    entries = tl.load(Order + group.to(tl.int64) * n_entries + slots, mask=live, other=0)
+    return block, entries, entries // ROUTE_TOP, live
+
+
+@triton.jit
+def _chosen_pairs(q_pos, k_pos, live, block, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                  HEADS: tl.constexpr, ROUTE_BLOCK: tl.constexpr):
+    """The pairs a chosen block adds: mask AND NOT keep, inside the block and the lengths."""
+    inside = live[:, None] & (k_pos // ROUTE_BLOCK == block) & (k_pos < N_K)
+    allowed = _mask(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+    keep = _keep(q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN, HEADS)
+    return inside & allowed & ~keep
+
+
+@triton.jit
+def gathered_forward(Q, K, V, Parts, PartLse, Order, Work, INPUTS, stride_input, stride_input_b, INPUT_LEN,
+                     sm_scale, N_Q, N_K, WORK_ITEMS, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn,
+                     HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                     ROUTE_TOP: tl.constexpr, ROUTE_BLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
+    """The partial output and LSE of each (row, choice) of one work item: its rows against the
+    chosen block. Parts: float32 (B * H, N_Q * ROUTE_TOP, HEAD_DIM); PartLse (B * H, N_Q * ROUTE_TOP)."""
+    off_b = tl.program_id(1) // HEADS
+    off_h = tl.program_id(1) % HEADS
+    off_kvh = off_h // GROUP
+    group = off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE
+    n_entries = N_Q * ROUTE_TOP
+    block, entries, rows, live = _gathered_rows(Order, Work, group, tl.program_id(0), n_entries, WORK_ITEMS,
+                                                ROUTE_TOP, BLOCK_M)
+    if block >= 0:
+        q_pos = rows[:, None]
+        offs_d = tl.arange(0, HEAD_DIM_P)
+        q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, rows, tl.where(live, N_Q, 0), stride_qm,
+                       HEAD_DIM, HEAD_DIM_P, True)
+        K_head = K + off_b * stride_kb + off_kvh * stride_kh
+        V_head = V + off_b * stride_vb + off_kvh * stride_vh
+        INPUTS_B = INPUTS + off_b * stride_input_b
+        qk_scale = sm_scale * LOG2E
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
+        for n0 in range(block * ROUTE_BLOCK, tl.minimum((block + 1) * ROUTE_BLOCK, N_K), BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k_pos = offs_n[None, :]
+            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, True)
+            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, True)
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            score = _logit2(qk * qk_scale, q_pos, k_pos, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input, INPUT_LEN,
+                            HEADS)
+            allowed = _chosen_pairs(q_pos, k_pos, live, block, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
+                                    INPUT_LEN, HEADS, ROUTE_BLOCK)
+            score = tl.where(allowed, score, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(score, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(score - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+        slot = tl.program_id(1).to(tl.int64) * n_entries + entries
+        tl.store(Parts + slot[:, None] * HEAD_DIM + offs_d[None, :], out,
+                 mask=live[:, None] & (offs_d < HEAD_DIM)[None, :])
+        tl.store(PartLse + slot, lse, mask=live)
+
+
+@triton.jit
+def gathered_backward_q(Q, K, V, DO, Lse, Delta, DQParts, Order, Work, INPUTS, stride_input, stride_input_b,
+                        INPUT_LEN, sm_scale, N_Q, N_K, WORK_ITEMS, stride_qb, stride_qh, stride_qm,
+                        stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                        HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                        ROUTE_TOP: tl.constexpr, ROUTE_BLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
+    """dQ of each (row, choice) of one work item from its chosen block, into its own slot of
+    DQParts (float32, as Parts): the slots are summed after, so no two programs write one row."""
+    off_b = tl.program_id(1) // HEADS
+    off_h = tl.program_id(1) % HEADS
+    off_kvh = off_h // GROUP
+    group = off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE
+    n_entries = N_Q * ROUTE_TOP
+    block, entries, rows, live = _gathered_rows(Order, Work, group, tl.program_id(0), n_entries, WORK_ITEMS,
+                                                ROUTE_TOP, BLOCK_M)
+    if block >= 0:
+        q_pos = rows[:, None]
+        offs_d = tl.arange(0, HEAD_DIM_P)
+        head = off_b * stride_qb + off_h * stride_qh
+        q = _load_tile(Q + head, rows, tl.where(live, N_Q, 0), stride_qm, HEAD_DIM, HEAD_DIM_P, True)
+        do = _load_tile(DO + head, rows, tl.where(live, N_Q, 0), stride_qm, HEAD_DIM, HEAD_DIM_P, True)
+        lse2, delta = _row_statistics(Lse, Delta, (off_b * HEADS + off_h) * N_Q + rows, live)
+        K_head = K + off_b * stride_kb + off_kvh * stride_kh
+        V_head = V + off_b * stride_vb + off_kvh * stride_vh
+        INPUTS_B = INPUTS + off_b * stride_input_b
+        qk_scale = sm_scale * LOG2E
+        dq = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
+        for n0 in range(block * ROUTE_BLOCK, tl.minimum((block + 1) * ROUTE_BLOCK, N_K), BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k_pos = offs_n[None, :]
+            k = _load_tile(K_head, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, True)
+            v = _load_tile(V_head, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, True)
+            p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale,
+                                   INPUTS_B, stride_input, INPUT_LEN, INPUTS, HEADS, False, False, PRECISION,
+                                   LOGIT_IS_SCORE, 0, 1, 1)
+            allowed = _chosen_pairs(q_pos, k_pos, live, block, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
+                                    INPUT_LEN, HEADS, ROUTE_BLOCK)
+            dq += tl.dot(tl.where(allowed, ds, 0.0).to(k.dtype), k, input_precision=PRECISION)
+        slot = tl.program_id(1).to(tl.int64) * n_entries + entries
+        tl.store(DQParts + slot[:, None] * HEAD_DIM + offs_d[None, :], dq * sm_scale,
+                 mask=live[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def gathered_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, Order, Offsets, INPUTS, stride_input, stride_input_b,
+                         INPUT_LEN, sm_scale, N_Q, N_K, BLOCKS, stride_qb, stride_qh, stride_qm,
+                         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                         HEADS: tl.constexpr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         PRECISION: tl.constexpr, ROUTE_TOP: tl.constexpr, ROUTE_BLOCK: tl.constexpr,
+                         ROUTE_SHARE: tl.constexpr):
+    """dK and dV of one key tile from the chosen pairs: for each block the tile overlaps and each
+    query head of the group, the gathered rows that chose it (Offsets: where each block's
+    entries start in Order, per selection group)."""
+    start_n = tl.program_id(0)
+    off_b = tl.program_id(1) // HEADS_KV
+    off_kvh = tl.program_id(1) % HEADS_KV
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_P)
+    k_pos = offs_n[None, :]
+    k = _load_tile(K + off_b * stride_kb + off_kvh * stride_kh, offs_n, N_K, stride_kn, HEAD_DIM, HEAD_DIM_P, True)
+    v = _load_tile(V + off_b * stride_vb + off_kvh * stride_vh, offs_n, N_K, stride_vn, HEAD_DIM, HEAD_DIM_P, True)
+    INPUTS_B = INPUTS + off_b * stride_input_b
+    qk_scale = sm_scale * LOG2E
+    n_entries = N_Q * ROUTE_TOP
+    dk = tl.zeros([BLOCK_N, HEAD_DIM_P], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM_P], tl.float32)
+    first_block = start_n * BLOCK_N // ROUTE_BLOCK
+    last_block = tl.minimum((tl.minimum((start_n + 1) * BLOCK_N, N_K) - 1) // ROUTE_BLOCK, BLOCKS - 1)
+    for g in range(GROUP):
+        off_h = off_kvh * GROUP + g
+        group = (off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE).to(tl.int64)
+        head = off_b * stride_qb + off_h * stride_qh
+        stats = (off_b * HEADS + off_h) * N_Q
+        for block in range(first_block, last_block + 1):
+            begin = tl.load(Offsets + group * (BLOCKS + 1) + block)
+            end = tl.load(Offsets + group * (BLOCKS + 1) + block + 1)
+            for s0 in range(begin, end, BLOCK_M):
+                slots = s0 + tl.arange(0, BLOCK_M)
+                live = slots < end
+                rows = tl.load(Order + group * n_entries + slots, mask=live, other=0) // ROUTE_TOP
+                q_pos = rows[:, None]
+                q = _load_tile(Q + head, rows, tl.where(live, N_Q, 0), stride_qm, HEAD_DIM, HEAD_DIM_P, True)
+                do = _load_tile(DO + head, rows, tl.where(live, N_Q, 0), stride_qm, HEAD_DIM, HEAD_DIM_P, True)
+                lse2, delta = _row_statistics(Lse, Delta, stats + rows, live)
+                p, ds = _probabilities(q, k, do, v, lse2, delta, q_pos, k_pos, off_b, off_h, N_Q, N_K, qk_scale,
+                                       INPUTS_B, stride_input, INPUT_LEN, INPUTS, HEADS, False, False, PRECISION,
+                                       LOGIT_IS_SCORE, 0, 1, 1)
+                allowed = _chosen_pairs(q_pos, k_pos, live, block, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
+                                        INPUT_LEN, HEADS, ROUTE_BLOCK)
+                dv += tl.dot(tl.trans(tl.where(allowed, p, 0.0).to(do.dtype)), do, input_precision=PRECISION)
+                dk += tl.dot(tl.trans(tl.where(allowed, ds, 0.0).to(q.dtype)), q, input_precision=PRECISION)
+    kv_mask = (offs_n < N_K)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    out = off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    tl.store(DK + out, dk * sm_scale, mask=kv_mask)
+    tl.store(DV + out, dv, mask=kv_mask)
+
+
+def gathers():
+    """Whether a routed launch runs the gathered schedule: per-token routing (benchmarks/routing.py
+    --schedules: it visits 1.4-4.5x fewer tiles than the tile-major one on MoBA, NSA and Quest)."""
+    return ROUTE is not None and ROUTE["qblock"] == 1
+
+
+def gathered_lists(chosen, blocks, block_m):
+    """The selection regrouped by key block, on the device and with no host sync: per selection
+    group, `order` (the entries row * top + choice, sorted by chosen block, then by row),
+    `offsets` (B * groups, blocks + 1: where each block's entries start), and `work` (B * groups,
+    items, 3: per program, its block (-1 past the group's items), first and end entry; the items
+    are an upper bound, cdiv(units * top, block_m) + blocks, so that the grid needs no count)."""
+    batch, shared, units, top = chosen.shape
+    flat = chosen.reshape(batch * shared, units * top).to(torch.int64)
+    key = torch.where(flat >= 0, flat, blocks)  # NONE_CHOSEN sorts past the last block
+    order = torch.sort(key, dim=1, stable=True).indices.to(torch.int32)
+    counts = torch.zeros((batch * shared, blocks + 1), dtype=torch.int64, device=chosen.device)
+    counts.scatter_add_(1, key, torch.ones_like(key))
+    offsets = torch.nn.functional.pad(counts[:, :blocks].cumsum(1), (1, 0))
+    chunks = (counts[:, :blocks] + block_m - 1) // block_m
+    ends = chunks.cumsum(1)
+    items = triton.cdiv(units * top, block_m) + blocks
+    item = torch.arange(items, device=chosen.device).expand(batch * shared, items).contiguous()
+    block = torch.searchsorted(ends, item, right=True)
+    inside = torch.clamp(block, max=blocks - 1)
+    first = offsets.gather(1, inside) + (item - ends.gather(1, inside) + chunks.gather(1, inside)) * block_m
+    work = torch.stack([torch.where(block < blocks, block, -1), first, offsets.gather(1, inside + 1)], -1)
+    return {"order": order, "offsets": offsets.to(torch.int32).contiguous(), "work": work.to(torch.int32).contiguous()}
+
+
+def merge_parts(out, lse, parts, part_lse):
+    """Output and LSE (float32) of the tile-map half (out, lse: the kept pairs) merged with the
+    partial outputs and LSEs of each (row, choice), (B, H, N, top, D) and (B, H, N, top)."""
+    lses = torch.cat([lse[..., None], part_lse], -1)
+    total = torch.logsumexp(lses, -1)  # -inf where a row has no allowed pair
+    weights = torch.exp(lses - torch.where(torch.isinf(total), 0.0, total)[..., None])
+    merged = weights[..., 0, None] * out + torch.einsum("bhnt,bhntd->bhnd", weights[..., 1:], parts)
+    return merged, total
+
+
 # -- launch and autograd --------------------------------------------------------------------------
 
 def launch_meta(tables, heads, heads_kv, head_dim, dtype, block_m, block_n, seq_q, seq_k):
     """The constexpr specialization of a launch. RAGGED: a length is not whole tiles, so PARTIAL
     tiles check the lengths (at most two variants per shape, as FlexAttention's IS_DIVISIBLE).
-    ROUTE_*: the selection PARTIAL tiles read (tables of a routed pattern hold it: "chosen")."""
+    ROUTE_*: the selection PARTIAL tiles read (tables of a routed pattern hold it: "chosen"; a
+    gathered launch's tile-map half reads only keep: KEPT_ONLY)."""
     routed = "chosen" in tables
+    top = (KEPT_ONLY if "gathered" in tables else ROUTE["top"]) if routed else 0
     return dict(HEADS=heads, GROUP=heads // heads_kv, MAP_HEADS=tables["map_heads"], MAP_BATCH=tables["map_batch"],
                 HEAD_DIM=head_dim, HEAD_DIM_P=max(16, triton.next_power_of_2(head_dim)),
                 BLOCK_M=block_m, BLOCK_N=block_n, RAGGED=seq_q % block_m != 0 or seq_k % block_n != 0,
                 PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                ROUTE_TOP=ROUTE["top"] if routed else 0, ROUTE_QBLOCK=ROUTE["qblock"] if routed else 1,
+                ROUTE_TOP=top, ROUTE_QBLOCK=ROUTE["qblock"] if routed else 1,
                 ROUTE_BLOCK=ROUTE["block"] if routed else 1,
                 ROUTE_SHARE=heads // tables["chosen"].shape[1] if routed else 1)
 
@@ -985,13 +1225,32 @@ def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
     if tables is None:
         tables = tables_for(q, k, inputs, block_m, block_n)
     meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n, seq_q, seq_k)
-    out = torch.empty_like(q)
+    out = torch.empty_like(q, dtype=torch.float32 if "gathered" in tables else q.dtype)  # float32: merged after
     lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
+    stacked = stack_inputs(inputs, q.device)
     attention_forward[(triton.cdiv(seq_q, block_m), batch * heads)](
         q, k, v, out, lse, *_table_arguments(tables, "forward"),
-        *_input_arguments(stack_inputs(inputs, q.device), tables), scale, seq_q, seq_k,
+        *_input_arguments(stacked, tables), scale, seq_q, seq_k,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], **meta, **launch["forward"])
+    if "gathered" in tables:  # the chosen blocks, key-block-major, merged with the kept pairs' output
+        lists, top = tables["gathered"], ROUTE["top"]
+        parts = torch.zeros((batch * heads, seq_q * top, head_dim), device=q.device, dtype=torch.float32)
+        part_lse = torch.full((batch * heads, seq_q * top), float("-inf"), device=q.device, dtype=torch.float32)
+        gathered_forward[(lists["work"].shape[1], batch * heads)](
+            q, k, v, parts, part_lse, lists["order"], lists["work"], *_input_arguments(stacked, tables)[:4], scale,
+            seq_q, seq_k, lists["work"].shape[1], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            **_gathered_meta(meta), **launch["forward"])
+        out, lse = merge_parts(out, lse, parts.view(batch, heads, seq_q, top, head_dim),
+                               part_lse.view(batch, heads, seq_q, top))
+        out = out.to(q.dtype)
     return out, lse, tables
+
+
+def _gathered_meta(meta):
+    """The specialization of the gathered kernels: a launch's, with the selection's top."""
+    names = ("HEADS", "GROUP", "HEAD_DIM", "HEAD_DIM_P", "BLOCK_M", "BLOCK_N", "PRECISION", "ROUTE_BLOCK",
+             "ROUTE_SHARE")
+    return {name: meta[name] for name in names} | {"ROUTE_TOP": ROUTE["top"]}
 
 
 def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tables, launch=None):
@@ -1005,7 +1264,8 @@ def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tab
     if dlse is not None:
         delta = delta - dlse.float()
     delta = delta.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    gathered = "gathered" in tables  # then the tile-map half's gradients are summed with the gathered ones
+    dq, dk, dv = (torch.empty_like(x, dtype=torch.float32 if gathered else x.dtype) for x in (q, k, v))
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     meta = launch_meta(tables, heads, heads_kv, head_dim, q.dtype, block_m, block_n, seq_q, seq_k)
     stacked = _input_arguments(stack_inputs(inputs, q.device), tables)
@@ -1015,6 +1275,20 @@ def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tab
     attention_backward_q[(triton.cdiv(seq_q, block_m), batch * heads)](
         q, k, v, dout, lse, delta, dq, *_table_arguments(tables, "forward"), *stacked, scale,
         seq_q, seq_k, *strides, **meta, **launch["backward_q"])
+    if gathered:
+        lists, top, items = tables["gathered"], ROUTE["top"], tables["gathered"]["work"].shape[1]
+        dk_chosen, dv_chosen = torch.zeros_like(dk), torch.zeros_like(dv)
+        gathered_backward_kv[(triton.cdiv(seq_k, block_n), batch * heads_kv)](
+            q, k, v, dout, lse, delta, dk_chosen, dv_chosen, lists["order"], lists["offsets"], *stacked[:4], scale,
+            seq_q, seq_k, lists["offsets"].shape[1] - 1, *strides, HEADS_KV=heads_kv, **_gathered_meta(meta),
+            **launch["backward_kv"])
+        dq_parts = torch.zeros((batch * heads, seq_q * top, head_dim), device=q.device, dtype=torch.float32)
+        gathered_backward_q[(items, batch * heads)](
+            q, k, v, dout, lse, delta, dq_parts, lists["order"], lists["work"], *stacked[:4], scale, seq_q, seq_k,
+            items, *strides, **_gathered_meta(meta), **launch["backward_q"])
+        dq = dq + dq_parts.view(batch, heads, seq_q, top, head_dim).sum(3)
+        dk, dv = dk + dk_chosen, dv + dv_chosen
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
     return dq, dk, dv
 
 

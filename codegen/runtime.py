@@ -127,6 +127,9 @@ class AttentionKernel:
         self._route_maps: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
         self.launch = None  # num_warps and num_stages per kernel; None: the module's defaults
+        # per-token routing: "gathered" (key-block-major, the default) or "tiles" (tile-major, a
+        # per-row bitmap of each tile's chosen blocks); None: the module's choice (`gathers`)
+        self.route_schedule = None
         self._key = op.register(self)
 
     def standalone_source(self) -> str:
@@ -212,7 +215,18 @@ class AttentionKernel:
         if not self.pattern.is_routed:
             return self.tables(seq_q, k.shape[2], inputs, batch, q.device, heads)
         maps = self.route_maps(seq_q, k.shape[2], inputs, batch, q.device, heads)
-        return self._module(q.device).routed_tables(q, k, inputs, maps, self.block_m, self.block_n)
+        return self._module(q.device).routed_tables(q, k, inputs, maps, self.block_m, self.block_n,
+                                                    self._schedule())
+
+    def _schedule(self):
+        schedule = self.route_schedule
+        if schedule not in (None, "gathered", "tiles"):
+            raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {schedule!r}")
+        if schedule == "gathered" and self.pattern.ir.route.query_block != 1:
+            raise AttnlangError(f"pattern '{self.pattern.name}' routes query blocks (qblock = "
+                                f"{self.pattern.ir.route.query_block}): the gathered schedule is per-token routing's; "
+                                "use route_schedule='tiles' or None")
+        return schedule
 
     # -- running ----------------------------------------------------------------------
 
@@ -344,6 +358,7 @@ class LayoutKernel:
         self.block_choice = None  # set by Pattern.compile(block="auto")
         self.layout_choice = None  # the choice at the last length it was made for
         self._per_length: dict = {}  # (seq_q, seq_k) -> (LayoutChoice, AttentionKernel or None)
+        self.route_schedule = None  # a routed pattern's: as AttentionKernel.route_schedule
 
     def __repr__(self) -> str:
         return f"<LayoutKernel {self.pattern.label} layout={self.spec} block={self.block_m}x{self.block_n}>"
@@ -374,6 +389,7 @@ class LayoutKernel:
             self._per_length[(seq_q, seq_k)] = (choice, kernel, _orders(choice.layout, seq_q, seq_k))
         entry = self._per_length[(seq_q, seq_k)]
         self.layout_choice = entry[0]
+        entry[1].route_schedule = self.route_schedule
         return entry
 
     def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):

@@ -486,8 +486,10 @@ def _launch(module, spec: dict, q, k, v, inputs: dict, tables: dict) -> None:
         rows = -(-spec["seq_q"] // (module.ROUTE_UNITS if route["qblock"] == 1 else route["qblock"]))
         candidates = torch.empty((1, spec["heads"] if module.MASK_READS_HEAD else 1, rows,
                                   -(-spec["seq_k"] // route["block"])), dtype=torch.int8, device="meta")
-        tables = tables | {"chosen": module.select(q, k, inputs, candidates), "map_batch": spec["batch"],
-                           "map_heads": spec["heads"]}
+        chosen = module.select(q, k, inputs, candidates)
+        tables = tables | {"chosen": chosen, "map_batch": spec["batch"], "map_heads": spec["heads"]}
+        if module.gathers():  # per-token routing: the gathered kernels too
+            tables["gathered"] = module.gathered_lists(chosen, -(-spec["seq_k"] // route["block"]), block_m)
     out, lse, _ = module.forward(q, k, v, inputs, scale, block_m, block_n, tables, launch)
     module.backward(q, k, v, out, lse, torch.empty_like(out), torch.empty_like(lse), inputs, scale, block_m,
                     block_n, tables, launch)

@@ -108,17 +108,30 @@ def test_the_simulator_prices_the_routed_bound_and_the_selection(lib):
     assert routed.time_ms == pytest.approx(sum(routed.breakdown.values()))
     assert routed.speedup > 2 * static.speedup  # 3 blocks of 512 and its own, not half the matrix
     # per token, a tile's 128 rows may each choose other blocks: the tile-major bound is causal's tiles
-    per_token = attnlang.simulate(moba, seq=16384)
+    tile_major = attnlang.simulate(moba, seq=16384, route_schedule="tiles")
     block_map = moba.analyze(16384, block=(128, 64))
-    assert block_map.routed_tiles() == block_map.counts["full"] + block_map.counts["partial"]
-    assert per_token.upper_bound == pytest.approx(block_map.kinds.size / block_map.routed_tiles())
-    assert per_token.time_ms > static.time_ms  # the same tiles, a routed mask and a selection stage on top
+    from attnlang.routing import routed_rows
+    assert routed_rows(block_map).sum() == block_map.counts["full"] + block_map.counts["partial"]
+    assert tile_major.upper_bound == pytest.approx(block_map.kinds.size / routed_rows(block_map).sum())
+    assert tile_major.time_ms > static.time_ms  # the same tiles, a routed mask and a selection stage on top
+    # what the kernel runs: the chosen blocks key-block-major, a program per 128 rows that chose one
+    gathered = attnlang.simulate(moba, seq=16384)
+    assert gathered.breakdown["gathered"] > 0 and gathered.breakdown["merge"] > 0
+    assert gathered.time_ms == pytest.approx(sum(gathered.breakdown.values()))
+    from attnlang.routing import routed_kinds
+    kept = int((routed_kinds(block_map, kept_only=True) != 0).sum())  # the diagonal blocks, tile-major
+    # 16384 rows x 3 choices over 32 blocks of 8 key tiles: a program per 128 of them, one more per block
+    assert kept < block_map.routed_tiles() <= kept + (16384 * 3 / 128 + 32) * 8
+    assert gathered.upper_bound >= block_map.kinds.size / block_map.routed_tiles()  # expected within the bound
+    assert gathered.time_ms < static.time_ms < tile_major.time_ms
+    with pytest.raises(attnlang.AttnlangError, match="route_schedule"):
+        attnlang.simulate(per_block, seq=4096, route_schedule="gathered")
 
 
 def test_analyze_says_the_counts_are_the_static_candidates(capsys):
     from attnlang.cli import main
     assert main(["analyze", "stdlib", "moba", "--seq", "4096"]) == 0
-    assert "routing picks 3 blocks of 512 per query block" in capsys.readouterr().out
+    assert "routing picks 3 blocks of 512 per query token" in capsys.readouterr().out
 
 
 # -- every routing option, against an obviously correct loop ----------------------------------

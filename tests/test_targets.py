@@ -243,4 +243,6 @@ def test_a_routed_launch_compiles_its_selection_stage_for_the_gpu():
     report = kernel.compile_for("sm_90", 2048, heads=4, head_dim=64, dtype=torch.bfloat16)
     names = [k.kernel for k in report.kernels]
     assert names[:2] == ["route_pool", "route_select"] and "attention_forward" in names
+    assert {"gathered_forward", "gathered_backward_kv", "gathered_backward_q"} <= set(names)  # per-token routing
     assert all(k.fits for k in report.kernels)
+    assert all(k.spill_stores == 0 for k in report.kernels if k.kernel.startswith("gathered"))
