@@ -326,6 +326,7 @@ class Pattern:
             _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block)
             _KERNELS[key].pattern = self  # default inputs travel with the pattern object
         kernel = _KERNELS[key]
+        kernel.hardware = hardware  # what a per-token routing's schedule is chosen for
         if choice is not None:
             kernel.block_choice = choice
         return kernel

@@ -308,8 +308,8 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     routed bound (`attnlang.routing.routed_kinds`) plus its selection stage
     (`breakdown["selection"]`), never as its static candidates. Per-token routing runs the
     schedule `route_schedule` ("gathered": the chosen blocks key-block-major, `breakdown["gathered"]`
-    and their partial outputs' merge, `breakdown["merge"]`; "tiles": tile-major; None: what the
-    kernel runs, gathered).
+    and their partial outputs' merge, `breakdown["merge"]`; "tiles": tile-major; None: the faster
+    of the two, as the kernel picks, `route_schedule_for`).
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_BYTES:
@@ -360,8 +360,9 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
             raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {route_schedule!r}")
         if pattern.route.query_block != 1 and route_schedule == "gathered":
             raise AttnlangError("route_schedule='gathered' is per-token routing's (qblock = 1)")
-        per_token = pattern.route.query_block == 1
-        if per_token and route_schedule != "tiles":  # per token: the kept pairs tile-major, the chosen blocks gathered
+        if pattern.route.query_block == 1 and route_schedule is None:
+            route_schedule = route_schedule_for(block_map, head_dim, dtype, batch, hw, backward)
+        if route_schedule == "gathered":  # per token: the kept pairs tile-major, the chosen blocks gathered
             kinds, gathered = routed_kinds(block_map, kept_only=True), gathered_tiles(block_map, backward)
         else:
             kinds = routed_kinds(block_map)
@@ -403,6 +404,17 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         tile_density=block_map.tile_density, programs=int(block_map.kinds.shape[1] * batch * heads), slots=slots,
         breakdown={k: v * 1e3 for k, v in breakdown.items()},
     )
+
+
+def route_schedule_for(block_map, head_dim: int = 128, dtype: str = "bf16", batch: int = 1, hardware="h100",
+                       backward: bool = True) -> str:
+    """The schedule per-token routing runs at this block map, what `AttentionKernel` picks per
+    length: the one `simulate` prices faster, "gathered" (key-block-major; its partial outputs,
+    one per (row, choice), cost a merge) or "tiles" (tile-major, the union of a tile's rows' blocks)."""
+    times = {schedule: simulate(block_map, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hardware,
+                                backward=backward, route_schedule=schedule).time_ms
+             for schedule in ("gathered", "tiles")}
+    return min(times, key=times.get)
 
 
 def tile_seconds(pattern: ir.PatternIR, hw: Hardware, block: tuple[int, int], head_dim: int = 128,

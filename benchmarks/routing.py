@@ -1,16 +1,17 @@
 """Routed attention: the device selection stage (time, memory) and the attention on its tables,
 against the pattern's static candidates and dense attention; and the work of the two
-schedules per-token routing can take (tile-major, what the kernels run, vs key-block-major).
+schedules per-token routing can take (tile-major, vs key-block-major: gathered, the default).
 
     python benchmarks/routing.py                 # on a GPU: 16K-128K, bf16, B=1, H=16, D=128
     python benchmarks/routing.py --smoke         # tiny shapes on CPU (Triton interpreter), plumbing only
     python benchmarks/routing.py --schedules     # CPU: tiles each schedule visits, selections by the reference
-    python benchmarks/routing.py --simulate      # CPU: the simulator's routed bound and selection stage, H100
+    python benchmarks/routing.py --simulate      # CPU: the simulator's routed bound, both schedules, H100
 
 Selection memory is the peak CUDA allocation during the selection stage above what was
 allocated before it (the pooled keys and queries and the chosen indices); a units x blocks
-score matrix, which the stage never stores, is reported beside it for scale. Writes
-benchmarks/results/routing.json (or --out).
+score matrix, which the stage never stores, is reported beside it for scale. Per-token
+patterns are timed on both schedules (`kernel.route_schedule`), with the gathered forward's
+peak memory (its partial outputs). Writes benchmarks/results/routing.json (or --out).
 """
 
 import argparse
@@ -79,7 +80,6 @@ def measure(name, seq, heads, head_dim, dtype, device, block, repeats, smoke):
     memory, chosen = _peak_bytes(device, lambda: module.select(q, k, {}, maps["candidates"]))
     units, blocks = -(-seq // route.query_block), -(-seq // route.block)
     kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], seq, seq, heads, kernel.block_m, kernel.block_n)
-    tables = module.tables_of(kinds) | {"chosen": chosen}
     timing = dict(device=device, repeat=repeats)
     row = {
         "pattern": pattern.label, "seq": seq, "heads": heads, "heads_kv": heads_kv, "head_dim": head_dim,
@@ -94,9 +94,15 @@ def measure(name, seq, heads, head_dim, dtype, device, block, repeats, smoke):
         "static_tiles": int((maps["static"] != 0).sum()) * heads // maps["static"].shape[1],
     }
     scale = 1.0 / head_dim ** 0.5
-    forward = lambda: module.forward(q, k, v, {}, scale, kernel.block_m, kernel.block_n, tables)  # noqa: E731
-    row["attention_ms"] = median_milliseconds(forward, **timing)
-    row["routed_call_ms"] = median_milliseconds(lambda: kernel(q, k, v), **timing)
+    for schedule in ("gathered", "tiles") if route.query_block == 1 else ("tiles",):
+        tables = module.routed_tables(q, k, {}, maps, kernel.block_m, kernel.block_n, schedule)
+        forward = lambda: module.forward(q, k, v, {}, scale, kernel.block_m, kernel.block_n, tables)  # noqa: E731
+        row[f"attention_ms_{schedule}"] = median_milliseconds(forward, **timing)
+        row[f"forward_bytes_{schedule}"] = _peak_bytes(device, forward)[0]
+        kernel.route_schedule = schedule
+        row[f"routed_call_ms_{schedule}"] = median_milliseconds(lambda: kernel(q, k, v), **timing)
+    kernel.route_schedule = None
+    row["attention_ms"] = row["attention_ms_gathered" if route.query_block == 1 else "attention_ms_tiles"]
     for label, static in (("static_ms", lookup("causal")), ("dense_ms", lookup("dense"))):
         static_kernel = static.compile(block=block)
         row[label] = median_milliseconds(lambda: static_kernel(q, k, v), **timing)
@@ -132,8 +138,9 @@ def schedules(seq, block, top, tile, data, seed=0, heads=2, head_dim=64):
             kernel_maps(pattern.analyze(seq, heads=heads, block=tile), module.ROUTE_UNITS).items()}
     kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], seq, seq, heads, tile, tile)
     kept = int((maps["kept"] != 0).sum()) * heads
-    rows_per_block = selected.sum(2)                                          # (1, H, blocks): rows choosing it
-    gathered = int((-(-rows_per_block // tile) * -(-block // tile)).sum()) + kept
+    # the gathered kernels' own work list: its programs, each over its block's key tiles
+    work = module.gathered_lists(chosen, -(-seq // block), tile)["work"]
+    gathered = int((work[..., 0] >= 0).sum()) * -(-block // tile) + kept
     return {"seq": seq, "block": block, "top": top, "tile": tile, "data": data,
             "tile_major_tiles": int((kinds != 0).sum()), "key_block_major_tiles": gathered,
             "static_tiles": int((maps["static"] != 0).sum()) * heads}
@@ -151,9 +158,14 @@ def simulated(lengths=(16384, 65536)):
         grid = ("frames", "height", "width")
         sizes = pattern.ir.grid and [int(pattern.params[p]) for p in pattern.params if p in grid]
         for seq in ([int(np.prod(sizes))] if sizes else lengths):
-            result = attnlang.simulate(pattern, seq=seq)
+            result = attnlang.simulate(pattern, seq=seq)  # per token: the faster schedule, as the kernel picks
             rows.append({"pattern": result.pattern, "seq": seq, "time_ms": result.time_ms, "speedup": result.speedup,
                          "selection_ms": result.breakdown["selection"], "upper_bound": result.upper_bound})
+            if pattern.is_routed and pattern.ir.route.query_block == 1:
+                for schedule in ("gathered", "tiles"):
+                    rows[-1][f"time_ms_{schedule}"] = attnlang.simulate(pattern, seq=seq,
+                                                                        route_schedule=schedule).time_ms
+                rows[-1]["schedule"] = "gathered" if result.breakdown["gathered"] > 0 else "tiles"
             print(rows[-1])
     return rows
 

@@ -1147,8 +1147,9 @@ def gathered_lists(chosen, blocks, block_m):
     """The selection regrouped by key block, on the device and with no host sync: per selection
     group, `order` (the entries row * top + choice, sorted by chosen block, then by row),
     `offsets` (B * groups, blocks + 1: where each block's entries start), and `work` (B * groups,
-    items, 3: per program, its block (-1 past the group's items), first and end entry; the items
-    are an upper bound, cdiv(units * top, block_m) + blocks, so that the grid needs no count)."""
+    items, 3: per program, its block (-1 past the group's items), its first entry and the block's
+    end, of which it takes block_m; the items are an upper bound, cdiv(units * top, block_m) +
+    blocks, so that the grid needs no count)."""
     batch, shared, units, top = chosen.shape
     flat = chosen.reshape(batch * shared, units * top).to(torch.int64)
     key = torch.where(flat >= 0, flat, blocks)  # NONE_CHOSEN sorts past the last block

@@ -127,9 +127,11 @@ class AttentionKernel:
         self._route_maps: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
         self.launch = None  # num_warps and num_stages per kernel; None: the module's defaults
-        # per-token routing: "gathered" (key-block-major, the default) or "tiles" (tile-major, a
-        # per-row bitmap of each tile's chosen blocks); None: the module's choice (`gathers`)
+        # per-token routing: "gathered" (key-block-major) or "tiles" (tile-major, a per-row bitmap
+        # of each tile's chosen blocks); None: the faster on `hardware` by the simulator, per length
         self.route_schedule = None
+        self.hardware = "h100"
+        self._schedules: dict = {}
         self._key = op.register(self)
 
     def standalone_source(self) -> str:
@@ -216,17 +218,28 @@ class AttentionKernel:
             return self.tables(seq_q, k.shape[2], inputs, batch, q.device, heads)
         maps = self.route_maps(seq_q, k.shape[2], inputs, batch, q.device, heads)
         return self._module(q.device).routed_tables(q, k, inputs, maps, self.block_m, self.block_n,
-                                                    self._schedule())
+                                                    self.schedule_for(q, k, inputs))
 
-    def _schedule(self):
-        schedule = self.route_schedule
+    def schedule_for(self, q, k, inputs=None) -> str:
+        """The schedule a routed launch on q and k runs: `route_schedule`, or for per-token
+        routing the faster by the simulator on `self.hardware` (`attnlang.simulator.route_schedule_for`),
+        chosen once per lengths, heads, head dim and dtype; block routing runs "tiles"."""
+        schedule, route = self.route_schedule, self.pattern.ir.route
         if schedule not in (None, "gathered", "tiles"):
             raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {schedule!r}")
-        if schedule == "gathered" and self.pattern.ir.route.query_block != 1:
-            raise AttnlangError(f"pattern '{self.pattern.name}' routes query blocks (qblock = "
-                                f"{self.pattern.ir.route.query_block}): the gathered schedule is per-token routing's; "
-                                "use route_schedule='tiles' or None")
-        return schedule
+        if schedule == "gathered" and route.query_block != 1:
+            raise AttnlangError(f"pattern '{self.pattern.name}' routes query blocks (qblock = {route.query_block}): "
+                                "the gathered schedule is per-token routing's; use route_schedule='tiles' or None")
+        if schedule is not None or route.query_block != 1:
+            return schedule or "tiles"
+        batch, heads, seq_q, head_dim = q.shape
+        key = (seq_q, k.shape[2], batch, heads, head_dim, q.dtype, _inputs_key(inputs))
+        if key not in self._schedules:
+            from attnlang.simulator import route_schedule_for
+            block_map = self.pattern.analyze(seq_q, k.shape[2], heads, (self.block_m, self.block_n), inputs)
+            dtype = {torch.float32: "fp32", torch.float16: "fp16"}.get(q.dtype, "bf16")
+            self._schedules[key] = route_schedule_for(block_map, head_dim, dtype, batch, self.hardware)
+        return self._schedules[key]
 
     # -- running ----------------------------------------------------------------------
 
@@ -389,7 +402,7 @@ class LayoutKernel:
             self._per_length[(seq_q, seq_k)] = (choice, kernel, _orders(choice.layout, seq_q, seq_k))
         entry = self._per_length[(seq_q, seq_k)]
         self.layout_choice = entry[0]
-        entry[1].route_schedule = self.route_schedule
+        entry[1].route_schedule, entry[1].hardware = self.route_schedule, self.hardware
         return entry
 
     def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):

@@ -46,18 +46,26 @@ def test_kernel_error_is_within_a_factor_of_the_same_dtype_reference(name, dtype
         assert max_error(got, want) <= 5 * max_error(ref, want) + 1e-2
 
 
-ROUTED_SMALL = {"moba": {"block": 128, "top": 2}, "quest": {"page": 16, "top": 8},
-                "nsa_selected": {"block": 64, "top": 4},
-                "biformer": {"region_size": 8, "top": 3}}
+# name: (parameters, tokens); grid patterns at their grid's size
+ROUTED_SMALL = {"moba": ({"block": 128, "top": 2}, 1000), "quest": ({"page": 16, "top": 8}, 1000),
+                "nsa_selected": ({"block": 64, "top": 4}, 1000),
+                "biformer": ({"height": 32, "width": 32, "region": 8, "top": 3}, 1024),
+                "vmoba": ({"frames": 4, "height": 16, "width": 16, "ct": 2, "cy": 4, "cx": 4, "threshold": 0.5,
+                           "top": 4}, 1024)}
 
 
+@pytest.mark.parametrize("schedule", [None, "gathered", "tiles"])
 @pytest.mark.parametrize("name", ROUTED)
-def test_a_routed_kernel_attends_to_its_own_selection_in_bf16(name):
-    pattern = attnlang.stdlib()[name].bind(**ROUTED_SMALL[name])
-    n, heads, dim = 1000, 4, 64
+def test_a_routed_kernel_attends_to_its_own_selection_in_bf16(name, schedule):
+    params, n = ROUTED_SMALL[name]
+    pattern = attnlang.stdlib()[name].bind(**params)
+    if schedule == "gathered" and pattern.ir.route.query_block != 1:
+        pytest.skip("the gathered schedule is per-token routing's")
+    heads, dim = 4, 64
     q, k, v = (torch.randn(2, heads if i == 0 else 2, n, dim, device="cuda", dtype=torch.bfloat16,
                            requires_grad=True) for i in range(3))
     kernel = pattern.compile(block=(64, 64))
+    kernel.route_schedule = schedule
     selection = kernel.selection(q, k)
     out = kernel(q, k, v)
     grad = torch.randn_like(out)

@@ -75,8 +75,9 @@ def assert_same_selection_but_near_ties(pattern, got, expected, q, k):
     assert bool(near[differ].all()), "the kernel's selection differs from the reference's beyond near-ties"
 
 
-def check_kernel(pattern, q, k, v, block=16, exact_selection=False):
+def check_kernel(pattern, q, k, v, block=16, exact_selection=False, schedule=None):
     kernel = pattern.compile(block=block)
+    kernel.route_schedule = schedule
     selection = kernel.selection(q, k)
     routed, q_routed, k_routed = pattern, q, k
     if pattern.routes_regions:  # a selection's units and blocks are the region layout's
@@ -114,7 +115,7 @@ def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(
     params, seq = SMALL[name]
     pattern = attnlang.stdlib()[name].bind(**params)
     q, k, v = tensors(7, 1, 4, 2, seq)
-    check_kernel(pattern, q, k, v)
+    check_kernel(pattern, q, k, v, schedule="gathered" if pattern.ir.route.query_block == 1 else None)
 
 
 @settings(max_examples=6, deadline=None)
@@ -122,9 +123,9 @@ def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(
        share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 5),
        block=st.sampled_from([8, 12, 16, 32]), seq=st.integers(17, 100), heads_kv=st.sampled_from([1, 2]),
        tile=st.sampled_from([16, 32]), seed=st.integers(0, 999), top_p=st.one_of(st.none(), st.floats(0.3, 0.95)),
-       keep=st.sampled_from(["q // {b} == k // {b}", "k < 4", "false"]))
+       keep=st.sampled_from(["q // {b} == k // {b}", "k < 4", "false"]), gathered=st.booleans())
 def test_drawn_routes_match_the_reference(pool, qpool, share, per_token, top, block, seq, heads_kv, tile, seed,
-                                          top_p, keep):
+                                          top_p, keep, gathered):
     options = f"pool = {pool}, share = {share}" + (", qblock = 1" if per_token else f", qpool = {qpool}")
     selector = f"topk({top}" if top_p is None else f"top_p({top_p!r}, max = {top}"
     pattern = routed(f"""pattern r() {{
@@ -132,7 +133,7 @@ def test_drawn_routes_match_the_reference(pool, qpool, share, per_token, top, bl
     route {selector}, block = {block}, {options}, keep = {keep.format(b=block)})
 }}""")
     q, k, v = tensors(seed, 1, 4, heads_kv, seq)
-    check_kernel(pattern, q, k, v, block=tile)
+    check_kernel(pattern, q, k, v, block=tile, schedule="gathered" if per_token and gathered else "tiles")
 
 
 @pytest.mark.parametrize("pool, per_token", [("mean", False), ("max", True), ("minmax", False), ("last", True),
@@ -144,7 +145,7 @@ def test_exact_ties_go_to_the_lower_block_as_in_the_reference(pool, per_token):
     route topk(2, block = 8, pool = {pool}{', qblock = 1' if per_token else ''}, keep = q // 8 == k // 8)
 }}""")
     q, k, v = tensors(3, 1, 2, 1, 64, dim=16, integer=True)
-    check_kernel(pattern, q, k, v, exact_selection=True)
+    check_kernel(pattern, q, k, v, exact_selection=True, schedule="gathered" if per_token else None)
 
 
 def test_the_standalone_module_routes_on_its_own_device_tables():
@@ -196,3 +197,67 @@ def test_the_command_line_writes_routed_modules(tmp_path, capsys):
     assert main(["compile", "stdlib", "biformer", "-D", "height=8", "-D", "width=8", "-D", "region=4", "--block", "16",
                  "--seq", "64", "-o", str(regions)]) == 0
     assert "layout regions 4x4's order" in capsys.readouterr().out  # its regions route in their own layout
+
+
+def test_per_token_routing_runs_key_block_major_and_the_tile_schedule_agrees():
+    pattern = attnlang.stdlib()["moba"].bind(block=16, top=2)
+    q, k, v = tensors(13, 1, 2, 1, 70)
+    kernel = pattern.compile(block=16)
+    kernel.route_schedule = "gathered"
+    assert "gathered" in kernel._launch_tables(q, k, {})
+    kernel.route_schedule = "tiles"
+    assert "gathered" not in kernel._launch_tables(q, k, {})
+    check_kernel(pattern, q, k, v, schedule="tiles")  # the bitmap path, per token
+    kernel.route_schedule = None
+
+
+def test_the_kernel_picks_the_schedule_the_simulator_prices_faster():
+    from attnlang.simulator import route_schedule_for
+    q = torch.zeros(1, 2, 4096, 64, device="meta")
+    for name, params in (("moba", {}), ("quest", {})):
+        pattern = attnlang.stdlib()[name].bind(**params)
+        kernel = pattern.compile(block=64)
+        expected = route_schedule_for(pattern.analyze(4096, heads=2, block=64), head_dim=64, dtype="fp32")
+        assert kernel.schedule_for(q.float(), q.float()) == expected
+    assert attnlang.stdlib()["moba"].compile(block=64).schedule_for(q, q) == "gathered"  # 3 blocks of 512
+    assert attnlang.stdlib()["quest"].compile(block=64).schedule_for(q, q) == "tiles"  # 64 partial outputs a row
+
+
+def test_a_schedule_that_cannot_run_is_refused_by_name():
+    kernel = attnlang.stdlib()["biformer"].bind(height=8, width=8, region=4).compile(block=16)
+    q = torch.randn(1, 1, 64, 16)
+    kernel.route_schedule = "gathered"
+    with pytest.raises(attnlang.AttnlangError, match="per-token routing"):
+        kernel(q, q, q)
+    kernel.route_schedule = None  # compiled kernels are shared: leave this one as it was
+    moba = attnlang.stdlib()["moba"].bind(block=16, top=2).compile(block=16)
+    moba.route_schedule = "blocks"
+    with pytest.raises(attnlang.AttnlangError, match="route_schedule must be"):
+        moba(q, q, q)
+    moba.route_schedule = None
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 2), groups=st.integers(1, 3), units=st.integers(1, 40), top=st.integers(1, 4),
+       blocks=st.integers(1, 9), block_m=st.sampled_from([16, 32]), seed=st.integers(0, 999))
+def test_the_gathered_lists_give_every_choice_to_exactly_one_program_of_its_block(batch, groups, units, top, blocks,
+                                                                                  block_m, seed):
+    from attnlang.codegen.runtime import load_module
+    from attnlang.codegen.template import standalone_source
+    module = load_module(standalone_source(attnlang.stdlib()["moba"].bind(block=16, top=2).ir, (16, 16)),
+                         "routed_standalone", interpret=True)
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randint(-1, blocks, (batch, groups, units, top), generator=gen, dtype=torch.int32)
+    lists = module.gathered_lists(chosen, blocks, block_m)
+    order, offsets, work = lists["order"].long(), lists["offsets"].long(), lists["work"].long()
+    for group, choices in enumerate(chosen.reshape(batch * groups, units * top).long()):
+        seen = []
+        for block, first, end in work[group].tolist():
+            if block < 0:
+                continue
+            assert offsets[group, block] <= first < end == offsets[group, block + 1]
+            entries = order[group, first:min(first + block_m, end)]  # a program's BLOCK_M lanes
+            assert bool((choices[entries] == block).all())  # rows that chose this block, and only them
+            assert entries.tolist() == sorted(entries.tolist())
+            seen += entries.tolist()
+        assert sorted(seen) == torch.nonzero(choices >= 0).flatten().tolist()  # every choice once
