@@ -486,16 +486,22 @@ class BlockMap:
         values = np.bincount(self.kinds.ravel(), minlength=3)
         return {"empty": int(values[EMPTY]), "partial": int(values[PARTIAL]), "full": int(values[FULL])}
 
-    def routed_tiles(self) -> int | None:
+    def routed_tiles(self, schedule: str | None = None) -> int | None:
         """For a routing pattern, the most tiles a launch visits once routing has chosen, over
-        the map's heads: the kept tiles plus K routing blocks per query block
-        (`attnlang.routing.routed_rows`), or for per-token routing, which runs key-block-major,
-        plus a program of BLOCK_M rows per chosen block (`attnlang.routing.gathered_bound`);
-        `counts` are the static candidates. None otherwise."""
+        the map's heads: tile-major ("tiles"), the kept tiles plus K routing blocks per unit
+        over each tile row (`attnlang.routing.routed_rows`); gathered (per-token routing), the
+        kept tiles plus a program of BLOCK_M rows per chosen block (`attnlang.routing.
+        gathered_bound`); None: the schedule the kernel picks on an H100 at D = 128, bf16
+        (`attnlang.simulator.route_schedule_for`). `counts` are the static candidates. None
+        for a pattern that does not route."""
         if self.pattern.route is None:
             return None
-        from .routing import gathered_bound, routed_rows
-        if self.pattern.route.query_block == 1:
+        from .routing import check_schedule, gathered_bound, routed_rows
+        check_schedule(self.pattern, schedule)
+        if schedule is None and self.pattern.route.query_block == 1:
+            from .simulator import route_schedule_for
+            schedule = route_schedule_for(self)
+        if schedule == "gathered":
             return gathered_bound(self)
         return int(routed_rows(self).sum())
 

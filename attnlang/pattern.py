@@ -281,7 +281,8 @@ class Pattern:
                           reason=reason)
 
     def compile(self, heads: int | None = None, head_dim: int | None = None, heads_kv: int | None = None,
-                dtype=None, block=64, *, tune_seq: int = 16384, hardware="h100", layout="auto"):
+                dtype=None, block=64, *, tune_seq: int = 16384, hardware="h100", layout="auto",
+                route_schedule: str | None = None):
         """A fused Triton kernel (forward and backward) for this pattern: an `AttentionKernel`.
 
         `kernel(q, k, v, inputs=None, scale=None, return_lse=False)` takes heads, GQA groups,
@@ -298,6 +299,10 @@ class Pattern:
         layout can apply, the result is a `LayoutKernel`: same call, plus `permute`,
         `unpermute`, `permuted=True`, `layout_for(seq)` and `layout_choice.reason` (the
         choice at the last length it ran or was asked for).
+
+        `route_schedule` (per-token routing): "gathered" (key-block-major), "tiles"
+        (tile-major), or None: the faster on `hardware` by the simulator, per length
+        (`kernel.schedule_for(q, k)` says which).
         """
         import torch
 
@@ -314,19 +319,24 @@ class Pattern:
             block = choice.block
         from .layout import check_spec
         check_spec(layout, self.ir)
+        if self.is_routed:
+            from .routing import check_schedule
+            check_schedule(self.ir, route_schedule)
+        elif route_schedule is not None:
+            raise AttnlangError(f"pattern '{self.name}' does not route: route_schedule applies to routed patterns")
         if self.routes_regions and self.inputs:
             raise AttnlangError(f"pattern '{self.name}' routes over grid regions, which run in the region layout, and "
                                 f"a layout does not reorder runtime inputs yet: it cannot read '{self.inputs[0]}'")
         if self._layout_applies(layout):
-            kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware)
+            kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware, route_schedule)
             kernel.block_choice = choice
             return kernel
-        key = (self.ir, heads, head_dim, heads_kv, dtype, block if isinstance(block, int) else tuple(block))
+        key = (self.ir, heads, head_dim, heads_kv, dtype, block if isinstance(block, int) else tuple(block),
+               route_schedule, str(hardware))
         if key not in _KERNELS:
-            _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block)
+            _KERNELS[key] = AttentionKernel(self, heads, head_dim, heads_kv, dtype, block, route_schedule, hardware)
             _KERNELS[key].pattern = self  # default inputs travel with the pattern object
         kernel = _KERNELS[key]
-        kernel.hardware = hardware  # what a per-token routing's schedule is chosen for
         if choice is not None:
             kernel.block_choice = choice
         return kernel

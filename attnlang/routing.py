@@ -236,42 +236,74 @@ def routed_kinds(block_map, kept_only: bool = False) -> np.ndarray:
     return np.where(kept, np.where(kept_full, FULL, PARTIAL), kinds).astype(np.int8)
 
 
+SCHEDULES = ("gathered", "tiles")  # per-token routing's two schedules; block routing runs "tiles"
+
+
+def check_schedule(pattern: ir.PatternIR, schedule: str | None) -> None:
+    """A clear error for a schedule that is not one, or that this routing cannot run."""
+    if schedule is not None and schedule not in SCHEDULES:
+        raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {schedule!r}")
+    if schedule == "gathered" and pattern.route.query_block != 1:
+        raise AttnlangError(f"the gathered schedule is per-token routing's (qblock = 1); this pattern routes query "
+                            f"blocks of {pattern.route.query_block}: use route_schedule='tiles' or None")
+
+
+def _gathered_choices(block_map):
+    """Per (map head, query tile, key block): whether the tile's rows may choose the block — for
+    a share group, any of the group's heads' candidates (`share = group` counted as all heads:
+    the map does not know the groups, and more candidates only loosen a bound) — and per query
+    tile its rows."""
+    from .analysis import EMPTY
+    route = block_map.pattern.route
+    bm = block_map.block_q
+    open_, _ = _static_and_keep(block_map.pattern)
+    candidates = _quiet_map(open_, block_map.seq_q, block_map.seq_k, block_map.heads, (bm, route.block),
+                            block_map.inputs, block_map.batch).kinds != EMPTY
+    if route.share != "head":
+        candidates = np.broadcast_to(candidates.any(0, keepdims=True), candidates.shape)
+    return candidates, np.minimum(bm, block_map.seq_q - np.arange(candidates.shape[1]) * bm)
+
+
+def _block_tiles(block_map) -> np.ndarray:
+    """Key tiles the gathered kernels visit for each key block: from its first key, BLOCK_N at a time."""
+    route, bn = block_map.pattern.route, block_map.block_k
+    first = np.arange(-(-block_map.seq_k // route.block)) * route.block
+    return -(-(np.minimum(first + route.block, block_map.seq_k) - first) // bn)
+
+
+def _launched_programs(block_map) -> int:
+    """Programs a gathered launch starts per selection group (`gathered_lists`' bound on its work items)."""
+    route = block_map.pattern.route
+    return -(-block_map.seq_q * route.top // block_map.block_q) + -(-block_map.seq_k // route.block)
+
+
 def gathered_tiles(block_map, backward: bool = True) -> dict:
     """Per-token routing's gathered kernels, as the simulator prices them: per kernel, its
     programs' FULL and PARTIAL tile counts (map heads, programs). A forward (and dQ) program
-    takes BLOCK_M rows that chose one key block and visits that block's key tiles; a dK/dV
-    program takes one key tile and the programs of the blocks it overlaps. The rows a block
-    gets are the expected count when each row chooses uniformly among its candidate blocks
-    (min(top, candidates) of them): the data decide the real ones (`benchmarks/routing.py
-    --schedules` counts them on real selections)."""
-    from .analysis import EMPTY
+    takes BLOCK_M rows that chose one key block and visits that block's key tiles; the launch
+    starts `_launched_programs` of them, the rest exiting with no tile. A dK/dV program takes
+    one key tile and the programs of the blocks it overlaps. The rows a block gets are the
+    expected count when each row chooses uniformly among its candidate blocks (min(top,
+    candidates) of them): the data decide the real ones (`benchmarks/routing.py --schedules`
+    counts them on real selections)."""
     route = block_map.pattern.route
-    bm, bn, seq_q, seq_k = block_map.block_q, block_map.block_k, block_map.seq_q, block_map.seq_k
-    open_, _ = _static_and_keep(block_map.pattern)
-    candidates = _quiet_map(open_, seq_q, seq_k, block_map.heads, (bm, route.block), block_map.inputs,
-                            block_map.batch).kinds != EMPTY                  # (H', query tiles, key blocks)
-    rows = np.minimum(bm, seq_q - np.arange(candidates.shape[1]) * bm)
+    bm, bn = block_map.block_q, block_map.block_k
+    candidates, rows = _gathered_choices(block_map)
     options = candidates.sum(-1)
     per_row = rows * np.minimum(route.top, options) / np.maximum(options, 1)
-    chosen_rows = (candidates * per_row[..., None]).sum(1)                 # (H', key blocks)
-    programs = np.ceil(chosen_rows / bm - 1e-9)
-    blocks = np.arange(candidates.shape[2])
-    first, last = blocks * route.block // bn, (np.minimum((blocks + 1) * route.block, seq_k) - 1) // bn
-    tiles_per_block = (last - first + 1).astype(np.float64)
-    width = int(programs.sum(-1).max())
-    forward = np.zeros((programs.shape[0], max(width, 1)))
-    for head, counts in enumerate(programs.astype(np.int64)):
-        forward[head, :counts.sum()] = np.repeat(tiles_per_block, counts)
-    key_tiles = np.zeros((programs.shape[0], -(-seq_k // bn)))
-    for head in range(programs.shape[0]):  # each key tile: the programs of every block it overlaps
-        np.add.at(key_tiles[head], first, programs[head])
-        spans = last > first
-        for step in range(1, int((last - first).max()) + 1 if spans.any() else 1):
-            np.add.at(key_tiles[head], np.minimum(first + step, last), np.where(first + step <= last, programs[head], 0))
-    zeros = np.zeros_like
-    tiles = {"forward": (zeros(forward), forward)}
+    programs = np.ceil((candidates * per_row[..., None]).sum(1) / bm - 1e-9).astype(np.int64)  # (H', blocks)
+    block_tiles = _block_tiles(block_map).astype(np.float64)
+    forward = np.zeros((programs.shape[0], max(_launched_programs(block_map), int(programs.sum(-1).max()))))
+    key_tiles = np.zeros((programs.shape[0], -(-block_map.seq_k // bn)))
+    starts = np.arange(programs.shape[1]) * route.block
+    first, last = starts // bn, (np.minimum(starts + route.block, block_map.seq_k) - 1) // bn  # tiles it overlaps
+    for head, counts in enumerate(programs):
+        forward[head, :counts.sum()] = np.repeat(block_tiles, counts)
+        for step in range(int((last - first).max()) + 1):  # each key tile: the programs of every block it overlaps
+            np.add.at(key_tiles[head], np.minimum(first + step, last), np.where(first + step <= last, counts, 0))
+    tiles = {"forward": (np.zeros_like(forward), forward)}
     if backward:
-        tiles |= {"backward_kv": (zeros(key_tiles), key_tiles), "backward_q": (zeros(forward), forward)}
+        tiles |= {"backward_kv": (np.zeros_like(key_tiles), key_tiles), "backward_q": (np.zeros_like(forward), forward)}
     return tiles
 
 
@@ -279,19 +311,22 @@ def gathered_bound(block_map) -> int:
     """The most tiles per-token routing's gathered schedule visits, over the map's heads: the
     kept tiles, and per key block one program of its key tiles per BLOCK_M rows that chose it,
     so at most (chosen entries / BLOCK_M + blocks with a candidate) programs of the widest
-    block's tiles, where a row chooses min(top, its query tile's candidate blocks) at most."""
+    block's tiles, where a row chooses min(top, its query tile's candidate blocks) at most
+    (its share group's, `_gathered_choices`)."""
     from .analysis import EMPTY
     route = block_map.pattern.route
-    bm, bn, seq_q, seq_k = block_map.block_q, block_map.block_k, block_map.seq_q, block_map.seq_k
-    open_, _ = _static_and_keep(block_map.pattern)
-    candidates = _quiet_map(open_, seq_q, seq_k, block_map.heads, (bm, route.block), block_map.inputs,
-                            block_map.batch).kinds != EMPTY                  # (H', query tiles, key blocks)
-    rows = np.minimum(bm, seq_q - np.arange(candidates.shape[1]) * bm)
+    candidates, rows = _gathered_choices(block_map)
     entries = (rows * np.minimum(route.top, candidates.sum(-1))).sum(-1)    # (H',)
-    programs = np.ceil(entries / bm) + candidates.any(1).sum(-1)
-    widest = -(-route.block // bn) + (0 if route.block % bn == 0 or bn % route.block == 0 else 1)
-    kept = int((_kept_map(block_map) != EMPTY).sum()) * candidates.shape[0] // _kept_map(block_map).shape[0]
-    return kept + int((programs * widest).sum())
+    programs = np.ceil(entries / block_map.block_q) + candidates.any(1).sum(-1)
+    kept_map = _kept_map(block_map)
+    kept = int((kept_map != EMPTY).sum()) * candidates.shape[0] // kept_map.shape[0]
+    return kept + int((programs * _block_tiles(block_map).max()).sum())
+
+
+def gathered_workspace_bytes(route: ir.RouteIR, seq_q: int, batch: int, heads: int, head_dim: int) -> int:
+    """The gathered schedule's float32 partial outputs, one per (row, choice), with their LSEs:
+    the forward's peak above attention's own tensors (the backward's dQ slots are as large)."""
+    return batch * heads * seq_q * route.top * (head_dim + 1) * 4
 
 
 def merge_seconds(hw, route: ir.RouteIR, seq_q: int, batch: int, heads: int, head_dim: int,

@@ -82,6 +82,7 @@ class Hardware:
     clock_ghz: float
     efficiency: dict = field(default_factory=dict)
     compute_capability: int | None = None  # e.g. 90; None: a profile that does not say (smem_kib_per_sm then)
+    memory_gb: float | None = None  # device memory; None: a profile that does not say
 
 
 def load_hardware(name_or_path: str) -> Hardware:
@@ -135,8 +136,11 @@ def _validate(data: dict, source: str, key: str) -> Hardware:
     if capability is not None and (isinstance(capability, bool) or not isinstance(capability, int) or capability < 70):
         raise AttnlangError(f"hardware profile {source}: compute_capability must be an int such as 80 or 90, "
                             f"got {capability!r}")
+    memory = data.get("memory_gb")
+    if memory is not None:
+        _check_positive(source, "memory_gb", memory)
     return Hardware(key=key, name=str(data["name"]), **{f: data[f] for f in REQUIRED[1:]}, efficiency=dict(efficiency),
-                    compute_capability=capability)
+                    compute_capability=capability, memory_gb=memory)
 
 
 def _check_positive(source, name, value, allow_zero=False):
@@ -356,12 +360,12 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     kinds, selection, gathered = block_map.kinds, 0.0, None
     if pattern.route is not None:  # routing visits at most its bound, after a selection stage of its own
         from .routing import gathered_tiles, merge_seconds, routed_kinds, selection_seconds
-        if route_schedule not in (None, "gathered", "tiles"):
-            raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {route_schedule!r}")
-        if pattern.route.query_block != 1 and route_schedule == "gathered":
-            raise AttnlangError("route_schedule='gathered' is per-token routing's (qblock = 1)")
+        from .routing import check_schedule
+        check_schedule(pattern, route_schedule)
         if pattern.route.query_block == 1 and route_schedule is None:
-            route_schedule = route_schedule_for(block_map, head_dim, dtype, batch, hw, backward)
+            route_schedule = route_schedule_for(block_map, heads, head_dim, dtype, batch, hw, backward,
+                                                placement=placement, compute_only=compute_only,
+                                                partial_as_full=partial_as_full, costs=costs)
         if route_schedule == "gathered":  # per token: the kept pairs tile-major, the chosen blocks gathered
             kinds, gathered = routed_kinds(block_map, kept_only=True), gathered_tiles(block_map, backward)
         else:
@@ -406,13 +410,22 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     )
 
 
-def route_schedule_for(block_map, head_dim: int = 128, dtype: str = "bf16", batch: int = 1, hardware="h100",
-                       backward: bool = True) -> str:
+def route_schedule_for(block_map, heads: int | None = None, head_dim: int = 128, dtype: str = "bf16",
+                       batch: int = 1, hardware="h100", backward: bool = True, **options) -> str:
     """The schedule per-token routing runs at this block map, what `AttentionKernel` picks per
-    length: the one `simulate` prices faster, "gathered" (key-block-major; its partial outputs,
-    one per (row, choice), cost a merge) or "tiles" (tile-major, the union of a tile's rows' blocks)."""
-    times = {schedule: simulate(block_map, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hardware,
-                                backward=backward, route_schedule=schedule).time_ms
+    length: the one `simulate` (with `options`) prices faster, "gathered" (key-block-major) or
+    "tiles" (tile-major, the union of a tile's rows' blocks) — but "tiles" where the gathered
+    schedule's float32 partial outputs, one per (row, choice) (B·H·N·K·D·4 bytes, and as much
+    again for the backward's dQ slots), would take over a quarter of the device's memory."""
+    hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
+    heads = block_map.heads if heads is None else heads
+    if hw.memory_gb is not None:
+        from .routing import gathered_workspace_bytes
+        workspace = gathered_workspace_bytes(block_map.pattern.route, block_map.seq_q, batch, heads, head_dim)
+        if workspace > hw.memory_gb * 1e9 / 4:
+            return "tiles"
+    times = {schedule: simulate(block_map, heads=heads, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hw,
+                                backward=backward, route_schedule=schedule, **options).time_ms
              for schedule in ("gathered", "tiles")}
     return min(times, key=times.get)
 

@@ -1,6 +1,6 @@
 """Routed attention: the device selection stage (time, memory) and the attention on its tables,
 against the pattern's static candidates and dense attention; and the work of the two
-schedules per-token routing can take (tile-major, vs key-block-major: gathered, the default).
+schedules per-token routing can take (tile-major, and key-block-major: gathered).
 
     python benchmarks/routing.py                 # on a GPU: 16K-128K, bf16, B=1, H=16, D=128
     python benchmarks/routing.py --smoke         # tiny shapes on CPU (Triton interpreter), plumbing only

@@ -250,6 +250,27 @@ def _table_row(start, off_b, off_h, MAP_HEADS: tl.constexpr, MAP_BATCH: tl.const
 # -- forward --------------------------------------------------------------------------------------
 
 @triton.jit
+def _online_softmax(acc, l_i, m_i, score, v, PRECISION: tl.constexpr):
+    """One tile of the online softmax: a row with nothing allowed yet keeps m_i = -inf and sums 0."""
+    m_new = tl.maximum(m_i, tl.max(score, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(score - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _normalized(acc, l_i, m_i):
+    """Output and LSE (natural units) of an online softmax: fully masked rows give 0 and -inf."""
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+    return out, lse
+
+
+@triton.jit
 def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos, off_b, off_h, N_Q, N_K,
                    qk_scale, INPUTS_B, stride_input, INPUT_LEN, CHOSEN_BH, stride_kn, stride_vn,
                    HEADS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
@@ -275,14 +296,7 @@ def _forward_tiles(acc, l_i, m_i, q, K_head, V_head, NUM, IDX, width, row, q_pos
                 if BOUNDED:  # rows past N_Q are never stored: only the keys need the bound
                     allowed = allowed & (k_pos < N_K)
                 score = tl.where(allowed, score, float("-inf"))
-            # -- online softmax: a row with nothing allowed yet keeps m_i = -inf and sums 0 --
-            m_new = tl.maximum(m_i, tl.max(score, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(score - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            acc, l_i, m_i = _online_softmax(acc, l_i, m_i, score, v, PRECISION)
     return acc, l_i, m_i
 
 
@@ -324,9 +338,7 @@ def attention_forward(Q, K, V, Out, Lse, FULL_NUM, FULL_IDX, full_width, PART_NU
                                    stride_kn, stride_vn, HEADS, BLOCK_N, HEAD_DIM, HEAD_DIM_P, True, RAGGED,
                                    PRECISION, ROUTE_TOP, ROUTE_QBLOCK, ROUTE_BLOCK)
     # -- epilogue: fully masked rows give 0 and -inf; the LSE back in natural units --
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+    out, lse = _normalized(acc, l_i, m_i)
     q_mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=q_mask)
@@ -629,8 +641,10 @@ def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=
 # `route_select` scores each query unit's candidate blocks (mask AND NOT keep has a pair there)
 # against the summaries and keeps the best ROUTE["top"] in registers while it streams over the
 # key blocks, so no units x blocks score matrix is ever stored (memory: units x top indices);
-# `routed_kinds` turns the chosen blocks into the tile map whose tables the kernels walk. The
-# selection is not differentiated: gradients flow through the attention of the chosen blocks.
+# then either `routed_kinds` turns the chosen blocks into the tile map whose tables the kernels
+# walk (tile-major), or `gathered_lists` regroups them by key block for the gathered kernels
+# (below). The selection is not differentiated: gradients flow through the attention of the
+# chosen blocks.
 
 POOLS = {"mean": 0, "max": 1, "last": 2, "min": 3}
 NONE_CHOSEN = tl.constexpr(-1)  # a unit with fewer candidates than top: its remaining slots
@@ -673,19 +687,21 @@ def route_pool(X, Out, N, BLOCKS, SIZE, POOL: tl.constexpr, CHUNK: tl.constexpr,
 
 
 @triton.jit
-def _summary_scores(rows, low, high, MINMAX: tl.constexpr):
+def _summary_scores(rows, low, high, MINMAX: tl.constexpr, PRECISION: tl.constexpr):
     """rows (U, D) against key-block summaries (J, D): rows . summary, or for min/max summaries
-    Quest's bound sum_d max(q_d min_d, q_d max_d) = relu(q) . max + min(q, 0) . min."""
+    Quest's bound sum_d max(q_d min_d, q_d max_d) = relu(q) . max + min(q, 0) . min. PRECISION
+    as the attention's: "ieee" for float32 tensors; else "tf32" on the tensor cores (a float32
+    ieee dot runs on FMAs, which spills kilobytes a thread at 128 channels on sm_90)."""
     if MINMAX:
-        return (tl.dot(tl.maximum(rows, 0.0), tl.trans(high), input_precision="ieee")
-                + tl.dot(tl.minimum(rows, 0.0), tl.trans(low), input_precision="ieee"))
-    return tl.dot(rows, tl.trans(high), input_precision="ieee")
+        return (tl.dot(tl.maximum(rows, 0.0), tl.trans(high), input_precision=PRECISION)
+                + tl.dot(tl.minimum(rows, 0.0), tl.trans(low), input_precision=PRECISION))
+    return tl.dot(rows, tl.trans(high), input_precision=PRECISION)
 
 
 @triton.jit
 def _head_scores(QU, stride_unit, head_row, units, low, high, N_Q, UNITS, QBLOCK: tl.constexpr,
                  QPOOL_MAX: tl.constexpr, MINMAX: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                 UNITS_P: tl.constexpr, CHUNK_J: tl.constexpr):
+                 UNITS_P: tl.constexpr, CHUNK_J: tl.constexpr, PRECISION: tl.constexpr):
     """One head's scores of its units against a chunk of key blocks, (UNITS_P, CHUNK_J). QU holds
     a row per unit (the query itself per token, or the query block's mean), or for qpool = max
     the queries, whose scores' max over each unit is its score."""
@@ -698,11 +714,12 @@ def _head_scores(QU, stride_unit, head_row, units, low, high, N_Q, UNITS, QBLOCK
             valid = rows < N_Q
             x = tl.load(QU + (head_row.to(tl.int64) * N_Q + rows[:, None]) * stride_unit + offs_d[None, :],
                         mask=valid[:, None] & channels, other=0.0).to(tl.float32)
-            best = tl.maximum(best, tl.where(valid[:, None], _summary_scores(x, low, high, MINMAX), float("-inf")))
+            scores = _summary_scores(x, low, high, MINMAX, PRECISION)
+            best = tl.maximum(best, tl.where(valid[:, None], scores, float("-inf")))
         return best
     x = tl.load(QU + (head_row.to(tl.int64) * UNITS + units[:, None]) * stride_unit + offs_d[None, :],
                 mask=(units < UNITS)[:, None] & channels, other=0.0).to(tl.float32)
-    return _summary_scores(x, low, high, MINMAX)
+    return _summary_scores(x, low, high, MINMAX, PRECISION)
 
 
 @triton.jit
@@ -722,8 +739,8 @@ def _candidates(CAND, cand_rows, map_row, tile, units, j0, blocks, off_b, off_h,
     q_pos = units[:, None]
     for c in range(CHUNK_J):
         block = j0 + c
-        kind = tl.load(row + block, mask=block < BLOCKS, other=0)
-        if kind == 1:
+        entry = tl.load(row + block, mask=block < BLOCKS, other=0)  # not `kind`: the compiler types names per function
+        if entry == 1:
             end = tl.minimum((block + 1) * BLOCK, N_K)
             open_row = q_pos < 0
             for n0 in range(block * BLOCK, end, CHUNK_N):
@@ -759,7 +776,8 @@ def route_select(QU, stride_unit, LOW, HIGH, CAND, cand_rows, Chosen, INPUTS, st
                  MAP_BATCH: tl.constexpr, TOP: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr,
                  QBLOCK: tl.constexpr, QPOOL_MAX: tl.constexpr, MINMAX: tl.constexpr, PER_TOKEN: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, UNITS_P: tl.constexpr, KP: tl.constexpr,
-                 CHUNK_J: tl.constexpr, CHUNK_N: tl.constexpr, BY_ROW: tl.constexpr, BY_HEADS: tl.constexpr):
+                 CHUNK_J: tl.constexpr, CHUNK_N: tl.constexpr, BY_ROW: tl.constexpr, BY_HEADS: tl.constexpr,
+                 PRECISION: tl.constexpr):
     """Chosen[(b, share group), unit] = the TOP candidate key blocks with the highest scores (summed
     over the SHARE heads of the group), best first, ties to the lower block, NONE_CHOSEN where
     fewer; TOP_P: only while the softmax mass of the unit's candidates before a block is below
@@ -795,7 +813,7 @@ def route_select(QU, stride_unit, LOW, HIGH, CAND, cand_rows, Chosen, INPUTS, st
                 if MINMAX:
                     low = tl.load(LOW + summary, mask=(blocks < BLOCKS)[:, None], other=0.0)
                 scores += _head_scores(QU, stride_unit, off_b * HEADS + off_h, units, low, high, N_Q, UNITS, QBLOCK,
-                                       QPOOL_MAX, MINMAX, HEAD_DIM, HEAD_DIM_P, UNITS_P, CHUNK_J)
+                                       QPOOL_MAX, MINMAX, HEAD_DIM, HEAD_DIM_P, UNITS_P, CHUNK_J, PRECISION)
             map_row = 0
             if MAP_BATCH > 1:
                 map_row = off_b * MAP_HEADS
@@ -878,7 +896,8 @@ def select(q, k, inputs, candidates):
         MAP_BATCH=candidates.shape[0], TOP=top, TOP_P=ROUTE["top_p"] is not None, BLOCK=block, QBLOCK=qblock,
         QPOOL_MAX=qpool_max, MINMAX=ROUTE["pool"] == "minmax", PER_TOKEN=per_token, HEAD_DIM=head_dim,
         HEAD_DIM_P=head_dim_p, UNITS_P=units_p, KP=kp, CHUNK_J=chunk_j, CHUNK_N=chunk,
-        BY_ROW=INPUT_NAMES.index(ROUTE["by"]) if ROUTE["by"] else -1, BY_HEADS=BLOCK_INPUTS.get(ROUTE["by"]) == 3)
+        BY_ROW=INPUT_NAMES.index(ROUTE["by"]) if ROUTE["by"] else -1, BY_HEADS=BLOCK_INPUTS.get(ROUTE["by"]) == 3,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     return chosen
 
 
@@ -934,11 +953,14 @@ def routed_tables(q, k, inputs, maps, block_m, block_n, schedule=None):
     batch, heads, seq_q, _ = q.shape
     chosen = select(q, k, inputs, maps["candidates"])
     schedule = schedule or ("gathered" if gathers() else "tiles")
+    if schedule not in ("gathered", "tiles"):
+        raise ValueError(f"schedule must be 'gathered', 'tiles' or None, got {schedule!r}")
     if schedule == "gathered" and ROUTE["qblock"] != 1:
         raise ValueError("the gathered schedule is per-token routing's (qblock = 1); this pattern routes query blocks")
     if schedule == "gathered":
         lists = gathered_lists(chosen, triton.cdiv(k.shape[2], ROUTE["block"]), block_m)
-        return tables_of(maps["kept"]) | {"chosen": chosen, "gathered": lists}
+        kept = maps["kept_tables"] if "kept_tables" in maps else tables_of(maps["kept"])  # cached by a caller
+        return kept | {"chosen": chosen, "gathered": lists}
     kinds = routed_kinds(chosen, maps["static"], maps["kept"], seq_q, k.shape[2], heads, block_m, block_n)
     return tables_of(kinds) | {"chosen": chosen}
 
@@ -969,8 +991,16 @@ def _gathered_rows(Order, Work, group, w, n_entries, WORK_ITEMS, ROUTE_TOP: tl.c
     block, first, end = tl.load(item), tl.load(item + 1), tl.load(item + 2)
     slots = first + tl.arange(0, BLOCK_M)
     live = slots < tl.where(block >= 0, end, first)  # an item past the group's holds none
+    entries, rows = _entries(Order, group, slots, live, n_entries, ROUTE_TOP)
+    return block, entries, rows, live
+
+
+@triton.jit
+def _entries(Order, group, slots, live, n_entries, ROUTE_TOP: tl.constexpr):
+    """Slots `slots` of a selection group's entries sorted by block: each entry (row * ROUTE_TOP +
+    choice) and its row; lanes not `live` read row 0, which the callers mask."""
     entries = tl.load(Order + group.to(tl.int64) * n_entries + slots, mask=live, other=0)
-    return block, entries, entries // ROUTE_TOP, live
+    return entries, entries // ROUTE_TOP
 
 
 @triton.jit
@@ -1021,17 +1051,8 @@ def gathered_forward(Q, K, V, Parts, PartLse, Order, Work, INPUTS, stride_input,
                             HEADS)
             allowed = _chosen_pairs(q_pos, k_pos, live, block, off_b, off_h, N_Q, N_K, INPUTS_B, stride_input,
                                     INPUT_LEN, HEADS, ROUTE_BLOCK)
-            score = tl.where(allowed, score, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(score, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(score - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
-        empty = l_i == 0.0
-        out = acc / tl.where(empty, 1.0, l_i)[:, None]
-        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+            acc, l_i, m_i = _online_softmax(acc, l_i, m_i, tl.where(allowed, score, float("-inf")), v, PRECISION)
+        out, lse = _normalized(acc, l_i, m_i)
         slot = tl.program_id(1).to(tl.int64) * n_entries + entries
         tl.store(Parts + slot[:, None] * HEAD_DIM + offs_d[None, :], out,
                  mask=live[:, None] & (offs_d < HEAD_DIM)[None, :])
@@ -1119,7 +1140,7 @@ def gathered_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, Order, Offsets, INPUTS
             for s0 in range(begin, end, BLOCK_M):
                 slots = s0 + tl.arange(0, BLOCK_M)
                 live = slots < end
-                rows = tl.load(Order + group * n_entries + slots, mask=live, other=0) // ROUTE_TOP
+                _, rows = _entries(Order, group, slots, live, n_entries, ROUTE_TOP)
                 q_pos = rows[:, None]
                 q = _load_tile(Q + head, rows, tl.where(live, N_Q, 0), stride_qm, HEAD_DIM, HEAD_DIM_P, True)
                 do = _load_tile(DO + head, rows, tl.where(live, N_Q, 0), stride_qm, HEAD_DIM, HEAD_DIM_P, True)
@@ -1138,8 +1159,11 @@ def gathered_backward_kv(Q, K, V, DO, Lse, Delta, DK, DV, Order, Offsets, INPUTS
 
 
 def gathers():
-    """Whether a routed launch runs the gathered schedule: per-token routing (benchmarks/routing.py
-    --schedules: it visits 1.4-4.5x fewer tiles than the tile-major one on MoBA, NSA and Quest)."""
+    """Whether this module's routed launches run the gathered schedule unless told: per-token
+    routing (on MoBA's routing it visits 1.4-4.5x fewer tiles than the tile-major schedule,
+    benchmarks/routing.py --schedules). attnlang's own kernels choose per length instead (the
+    simulator's faster, `AttentionKernel.schedule_for`): with many small blocks (Quest) the
+    merge of the partial outputs can cost more than the tiles it saves."""
     return ROUTE is not None and ROUTE["qblock"] == 1
 
 
@@ -1208,13 +1232,14 @@ def _input_arguments(stacked_inputs, tables):
     return [stacked, stacked.shape[1] * stacked.shape[2], stride_b, length, chosen]
 
 
-def tables_for(q, k, inputs, block_m, block_n):
-    """The tables of this launch built on the device: the pattern's, or the selection's of q and k."""
+def tables_for(q, k, inputs, block_m, block_n, schedule=None):
+    """The tables of this launch built on the device: the pattern's, or the selection's of q and k
+    (`schedule` as `routed_tables` takes it)."""
     batch, heads, seq_q, _ = q.shape
     if ROUTE is None:
         return block_tables(seq_q, k.shape[2], heads, inputs, q.device, block_m, block_n, batch)
     maps = route_maps(seq_q, k.shape[2], heads, inputs, q.device, block_m, block_n, batch)
-    return routed_tables(q, k, inputs, maps, block_m, block_n)
+    return routed_tables(q, k, inputs, maps, block_m, block_n, schedule)
 
 
 def forward(q, k, v, inputs, scale, block_m, block_n, tables=None, launch=None):
@@ -1278,7 +1303,7 @@ def backward(q, k, v, out, lse, dout, dlse, inputs, scale, block_m, block_n, tab
         seq_q, seq_k, *strides, **meta, **launch["backward_q"])
     if gathered:
         lists, top, items = tables["gathered"], ROUTE["top"], tables["gathered"]["work"].shape[1]
-        dk_chosen, dv_chosen = torch.zeros_like(dk), torch.zeros_like(dv)
+        dk_chosen, dv_chosen = torch.empty_like(dk), torch.empty_like(dv)  # every key row is stored
         gathered_backward_kv[(triton.cdiv(seq_k, block_n), batch * heads_kv)](
             q, k, v, dout, lse, delta, dk_chosen, dv_chosen, lists["order"], lists["offsets"], *stacked[:4], scale,
             seq_q, seq_k, lists["offsets"].shape[1] - 1, *strides, HEADS_KV=heads_kv, **_gathered_meta(meta),
@@ -1363,15 +1388,18 @@ def _capability(device):
 
 
 def attention(q, k, v, inputs=None, scale=None, return_lse=False, block_m=BLOCK[0], block_n=BLOCK[1], tables=None,
-              launch=None):
+              launch=None, schedule=None):
     """Attention with this module's pattern. q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D); inputs:
     name -> int tensor of one entry per token ((tokens,) or (B, tokens)). Differentiable.
     `tables` (as `block_tables` returns them) skips building them on the device, e.g. when a
-    compiler's analysis has them; `launch` gives each kernel its num_warps and num_stages."""
+    compiler's analysis has them; `launch` gives each kernel its num_warps and num_stages;
+    `schedule` a routed pattern's ("gathered" or "tiles"; None: `gathers()`)."""
     inputs = dict(inputs or {})
     missing = [name for name in INPUT_NAMES if name not in inputs]
     if missing:
         raise ValueError(f"{PATTERN} needs input {missing[0]!r}: an int tensor with one entry per token")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if tables is None and schedule is not None:
+        tables = tables_for(q.contiguous(), k.contiguous(), inputs, block_m, block_n, schedule)
     out, lse = _Attention.apply(q, k, v, inputs, scale, block_m, block_n, tables, launch)
     return (out, lse) if return_lse else out

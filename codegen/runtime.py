@@ -108,7 +108,7 @@ class AttentionKernel:
     """
 
     def __init__(self, pattern, heads: int | None = None, head_dim: int | None = None, heads_kv: int | None = None,
-                 dtype=None, block=64):
+                 dtype=None, block=64, route_schedule: str | None = None, hardware="h100"):
         for name, value in (("heads", heads), ("heads_kv", heads_kv), ("head_dim", head_dim)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise AttnlangError(f"{name} must be a positive int, got {value!r}")
@@ -127,10 +127,12 @@ class AttentionKernel:
         self._route_maps: dict = {}
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
         self.launch = None  # num_warps and num_stages per kernel; None: the module's defaults
+        if pattern.is_routed:
+            from attnlang.routing import check_schedule
+            check_schedule(pattern.ir, route_schedule)
         # per-token routing: "gathered" (key-block-major) or "tiles" (tile-major, a per-row bitmap
         # of each tile's chosen blocks); None: the faster on `hardware` by the simulator, per length
-        self.route_schedule = None
-        self.hardware = "h100"
+        self.route_schedule, self.hardware = route_schedule, hardware
         self._schedules: dict = {}
         self._key = op.register(self)
 
@@ -190,6 +192,8 @@ class AttentionKernel:
             maps = [kernel_maps(m, unit_rows) for m in self.block_maps(seq_q, seq_k, inputs, batch, heads)]
             self._route_maps[key] = {name: torch.from_numpy(np.stack([m[name] for m in maps])).to(device)
                                      for name in maps[0]}
+            # the gathered schedule's tile-map half reads these on every call: built once
+            self._route_maps[key]["kept_tables"] = self._module(device).tables_of(self._route_maps[key]["kept"])
         return self._route_maps[key]
 
     def selection(self, q, k, inputs=None):
@@ -225,20 +229,16 @@ class AttentionKernel:
         routing the faster by the simulator on `self.hardware` (`attnlang.simulator.route_schedule_for`),
         chosen once per lengths, heads, head dim and dtype; block routing runs "tiles"."""
         schedule, route = self.route_schedule, self.pattern.ir.route
-        if schedule not in (None, "gathered", "tiles"):
-            raise AttnlangError(f"route_schedule must be 'gathered', 'tiles' or None, got {schedule!r}")
-        if schedule == "gathered" and route.query_block != 1:
-            raise AttnlangError(f"pattern '{self.pattern.name}' routes query blocks (qblock = {route.query_block}): "
-                                "the gathered schedule is per-token routing's; use route_schedule='tiles' or None")
         if schedule is not None or route.query_block != 1:
             return schedule or "tiles"
         batch, heads, seq_q, head_dim = q.shape
-        key = (seq_q, k.shape[2], batch, heads, head_dim, q.dtype, _inputs_key(inputs))
+        unscored = {name: value for name, value in (inputs or {}).items() if name != route.by}  # as route_maps
+        key = (seq_q, k.shape[2], batch, heads, head_dim, q.dtype, _inputs_key(unscored))  # the map reads no scores
         if key not in self._schedules:
             from attnlang.simulator import route_schedule_for
             block_map = self.pattern.analyze(seq_q, k.shape[2], heads, (self.block_m, self.block_n), inputs)
             dtype = {torch.float32: "fp32", torch.float16: "fp16"}.get(q.dtype, "bf16")
-            self._schedules[key] = route_schedule_for(block_map, head_dim, dtype, batch, self.hardware)
+            self._schedules[key] = route_schedule_for(block_map, heads, head_dim, dtype, batch, self.hardware)
         return self._schedules[key]
 
     # -- running ----------------------------------------------------------------------
@@ -364,14 +364,14 @@ class LayoutKernel:
     """
 
     def __init__(self, pattern, layout, heads=None, head_dim=None, heads_kv=None, dtype=None, block=64,
-                 hardware="h100"):
+                 hardware="h100", route_schedule=None):
         self.pattern, self.spec, self.hardware = pattern, layout, hardware
         self.heads, self.head_dim, self.heads_kv, self.dtype = heads, head_dim, heads_kv, dtype
         self.block_m, self.block_n = _tile_shape(block)
         self.block_choice = None  # set by Pattern.compile(block="auto")
         self.layout_choice = None  # the choice at the last length it was made for
         self._per_length: dict = {}  # (seq_q, seq_k) -> (LayoutChoice, AttentionKernel or None)
-        self.route_schedule = None  # a routed pattern's: as AttentionKernel.route_schedule
+        self.route_schedule = route_schedule  # a routed pattern's: as AttentionKernel.route_schedule
 
     def __repr__(self) -> str:
         return f"<LayoutKernel {self.pattern.label} layout={self.spec} block={self.block_m}x{self.block_n}>"
@@ -397,12 +397,11 @@ class LayoutKernel:
                                                 hardware=self.hardware)
             laid_out = self.pattern.with_layout(choice.layout, seq_q, seq_k, (self.block_m, self.block_n))
             kernel = AttentionKernel(laid_out, self.heads, self.head_dim, self.heads_kv, self.dtype,
-                                     (self.block_m, self.block_n))
+                                     (self.block_m, self.block_n), self.route_schedule, self.hardware)
             kernel.pattern = laid_out
             self._per_length[(seq_q, seq_k)] = (choice, kernel, _orders(choice.layout, seq_q, seq_k))
         entry = self._per_length[(seq_q, seq_k)]
         self.layout_choice = entry[0]
-        entry[1].route_schedule, entry[1].hardware = self.route_schedule, self.hardware
         return entry
 
     def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):

@@ -278,12 +278,25 @@ def compile_for(kernel, target: str | Target, seq_q: int, seq_k: int | None = No
         "block": [kernel.block_m, kernel.block_n], "launch": kernel.launch, "standalone": standalone,
         "inputs": {name: list(_numpy(values).shape) for name, values in (inputs or {}).items()},
         "tables": _table_shapes(tables),
+        "route_schedule": _route_schedule(kernel, shape),
     }
 
     result = _run_worker(spec)
     return TargetReport(kernel.pattern.label, resolved.name, resolved.devices, seq_q, seq_k, batch,
                         spec["heads"], spec["heads_kv"], spec["head_dim"], spec["dtype"],
                         [_kernel_report(entry) for entry in result["kernels"]])
+
+
+def _route_schedule(kernel, shape: dict) -> str | None:
+    """The schedule a routed launch of this shape runs (`AttentionKernel.schedule_for`)."""
+    if not kernel.pattern.is_routed:
+        return None
+    import torch
+    q = torch.empty(shape["batch"], shape["heads"], shape["seq_q"], shape["head_dim"], dtype=shape["dtype"],
+                    device="meta")
+    k = torch.empty(shape["batch"], shape["heads_kv"], shape["seq_k"], shape["head_dim"], dtype=shape["dtype"],
+                    device="meta")
+    return kernel.schedule_for(q, k)
 
 
 def _launch_shape(kernel, seq_q, seq_k, batch, heads, heads_kv, head_dim, dtype) -> dict:
@@ -488,7 +501,7 @@ def _launch(module, spec: dict, q, k, v, inputs: dict, tables: dict) -> None:
                                   -(-spec["seq_k"] // route["block"])), dtype=torch.int8, device="meta")
         chosen = module.select(q, k, inputs, candidates)
         tables = tables | {"chosen": chosen, "map_batch": spec["batch"], "map_heads": spec["heads"]}
-        if module.gathers():  # per-token routing: the gathered kernels too
+        if spec["route_schedule"] == "gathered":  # the chosen blocks' gathered kernels too
             tables["gathered"] = module.gathered_lists(chosen, -(-spec["seq_k"] // route["block"]), block_m)
     out, lse, _ = module.forward(q, k, v, inputs, scale, block_m, block_n, tables, launch)
     module.backward(q, k, v, out, lse, torch.empty_like(out), torch.empty_like(lse), inputs, scale, block_m,

@@ -64,8 +64,7 @@ def test_a_routed_kernel_attends_to_its_own_selection_in_bf16(name, schedule):
     heads, dim = 4, 64
     q, k, v = (torch.randn(2, heads if i == 0 else 2, n, dim, device="cuda", dtype=torch.bfloat16,
                            requires_grad=True) for i in range(3))
-    kernel = pattern.compile(block=(64, 64))
-    kernel.route_schedule = schedule
+    kernel = pattern.compile(block=(64, 64), route_schedule=schedule)
     selection = kernel.selection(q, k)
     out = kernel(q, k, v)
     grad = torch.randn_like(out)

@@ -75,9 +75,8 @@ def assert_same_selection_but_near_ties(pattern, got, expected, q, k):
     assert bool(near[differ].all()), "the kernel's selection differs from the reference's beyond near-ties"
 
 
-def check_kernel(pattern, q, k, v, block=16, exact_selection=False, schedule=None):
-    kernel = pattern.compile(block=block)
-    kernel.route_schedule = schedule
+def check_kernel(pattern, q, k, v, block=16, exact_selection=False, schedule=None, through_lse=False):
+    kernel = pattern.compile(block=block, route_schedule=schedule)
     selection = kernel.selection(q, k)
     routed, q_routed, k_routed = pattern, q, k
     if pattern.routes_regions:  # a selection's units and blocks are the region layout's
@@ -97,8 +96,11 @@ def check_kernel(pattern, q, k, v, block=16, exact_selection=False, schedule=Non
     assert torch.equal(torch.isfinite(lse), finite)
     torch.testing.assert_close(lse.double()[finite], ref_lse[finite], rtol=1e-4, atol=1e-4)
     grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), grad)
-    expected = torch.autograd.grad(ref_out, (qd, kd, vd), grad.double())
+    grad_lse = torch.randn_like(lse) if through_lse else torch.zeros_like(lse)  # rows with no pair: none
+    loss = (out * grad).sum() + torch.where(finite, lse * grad_lse, 0.0).sum()
+    ref_loss = (ref_out * grad.double()).sum() + torch.where(finite, ref_lse * grad_lse.double(), 0.0).sum()
+    got = torch.autograd.grad(loss, (q, k, v))
+    expected = torch.autograd.grad(ref_loss, (qd, kd, vd))
     for name, a, b in zip(("dq", "dk", "dv"), got, expected):
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3, msg=lambda m: f"{name}: {m}")
 
@@ -118,7 +120,7 @@ def test_every_routed_stdlib_pattern_matches_the_reference_forward_and_backward(
     check_kernel(pattern, q, k, v, schedule="gathered" if pattern.ir.route.query_block == 1 else None)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(pool=st.sampled_from(["mean", "max", "minmax", "last"]), qpool=st.sampled_from(["mean", "max"]),
        share=st.sampled_from(["head", "group", "all"]), per_token=st.booleans(), top=st.integers(1, 5),
        block=st.sampled_from([8, 12, 16, 32]), seq=st.integers(17, 100), heads_kv=st.sampled_from([1, 2]),
@@ -134,6 +136,27 @@ def test_drawn_routes_match_the_reference(pool, qpool, share, per_token, top, bl
 }}""")
     q, k, v = tensors(seed, 1, 4, heads_kv, seq)
     check_kernel(pattern, q, k, v, block=tile, schedule="gathered" if per_token and gathered else "tiles")
+
+
+# (source, block, share, top, seq, tile, heads, heads_kv): the edges of the gathered kernels
+GATHERED_EDGES = [
+    ("mask q >= k\n    score 20 * tanh(score / 20)", 12, "head", 2, 45, 16, 2, 1),  # a score mod; 12 on tiles of 16
+    ("mask q >= k\n    bias -0.5 * h * (q - k)", 40, "group", 2, 64, 16, 4, 2),  # reads h; a GQA group's selection
+    ("mask q >= k", 64, "all", 5, 50, 16, 2, 1),  # top above the blocks, keep = false
+    ("mask k < q - 20", 8, "head", 3, 45, 32, 2, 1),  # rows with no pair; blocks of 8 on tiles of 32
+]
+
+
+@pytest.mark.parametrize("source, block, share, top, seq, tile, heads, heads_kv", GATHERED_EDGES)
+def test_the_gathered_schedule_matches_the_reference_through_the_lse(source, block, share, top, seq, tile, heads,
+                                                                     heads_kv):
+    keep = "false" if "k < q - 20" in source or share == "all" else f"q // {block} == k // {block}"
+    pattern = routed(f"""pattern r() {{
+    {source}
+    route topk({top}, block = {block}, qblock = 1, share = {share}, keep = {keep})
+}}""")
+    q, k, v = tensors(seq, 1, heads, heads_kv, seq)
+    check_kernel(pattern, q, k, v, block=tile, schedule="gathered", through_lse=True)
 
 
 @pytest.mark.parametrize("pool, per_token", [("mean", False), ("max", True), ("minmax", False), ("last", True),
@@ -199,42 +222,45 @@ def test_the_command_line_writes_routed_modules(tmp_path, capsys):
     assert "layout regions 4x4's order" in capsys.readouterr().out  # its regions route in their own layout
 
 
-def test_per_token_routing_runs_key_block_major_and_the_tile_schedule_agrees():
+def test_per_token_routing_runs_either_schedule_as_asked():
     pattern = attnlang.stdlib()["moba"].bind(block=16, top=2)
     q, k, v = tensors(13, 1, 2, 1, 70)
-    kernel = pattern.compile(block=16)
-    kernel.route_schedule = "gathered"
-    assert "gathered" in kernel._launch_tables(q, k, {})
-    kernel.route_schedule = "tiles"
-    assert "gathered" not in kernel._launch_tables(q, k, {})
+    assert "gathered" in pattern.compile(block=16, route_schedule="gathered")._launch_tables(q, k, {})
+    assert "gathered" not in pattern.compile(block=16, route_schedule="tiles")._launch_tables(q, k, {})
     check_kernel(pattern, q, k, v, schedule="tiles")  # the bitmap path, per token
-    kernel.route_schedule = None
 
 
-def test_the_kernel_picks_the_schedule_the_simulator_prices_faster():
+@pytest.mark.parametrize("source, heads", [
+    ("mask q >= k\n    route topk(3, block = 512, qblock = 1, keep = q // 512 == k // 512)", 2),  # MoBA
+    ("mask q >= k\n    route topk(64, block = 16, qblock = 1, pool = minmax, keep = q // 16 == k // 16)", 2),  # Quest
+    ("mask q >= k and (h == 0 or k > 3)\n    route topk(2, block = 64, qblock = 1)", 3),  # a map per head
+])
+def test_the_kernel_picks_the_schedule_the_simulator_prices_faster(source, heads):
+    pattern = routed(f"pattern r() {{\n    {source}\n}}")
+    q = torch.zeros(1, heads, 4096, 64, device="meta")
+    times = {schedule: attnlang.simulate(pattern, seq=4096, heads=heads, head_dim=64, dtype="fp32", block=64,
+                                         backward=True, route_schedule=schedule).time_ms
+             for schedule in ("gathered", "tiles")}
+    assert pattern.compile(block=64).schedule_for(q, q) == min(times, key=times.get)
+    assert attnlang.simulate(pattern, seq=4096, heads=heads, head_dim=64, dtype="fp32", block=64,
+                             backward=True).time_ms == pytest.approx(min(times.values()))
+
+
+def test_the_gathered_schedule_is_not_picked_past_a_quarter_of_the_device_memory():
     from attnlang.simulator import route_schedule_for
-    q = torch.zeros(1, 2, 4096, 64, device="meta")
-    for name, params in (("moba", {}), ("quest", {})):
-        pattern = attnlang.stdlib()[name].bind(**params)
-        kernel = pattern.compile(block=64)
-        expected = route_schedule_for(pattern.analyze(4096, heads=2, block=64), head_dim=64, dtype="fp32")
-        assert kernel.schedule_for(q.float(), q.float()) == expected
-    assert attnlang.stdlib()["moba"].compile(block=64).schedule_for(q, q) == "gathered"  # 3 blocks of 512
-    assert attnlang.stdlib()["quest"].compile(block=64).schedule_for(q, q) == "tiles"  # 64 partial outputs a row
+    block_map = attnlang.stdlib()["moba"].analyze(65536, heads=16, block=(128, 64))
+    assert route_schedule_for(block_map, batch=1) == "gathered"  # 1.6 GB of partial outputs
+    assert route_schedule_for(block_map, batch=16) == "tiles"  # 26 GB of them, over 80 GB / 4
 
 
 def test_a_schedule_that_cannot_run_is_refused_by_name():
-    kernel = attnlang.stdlib()["biformer"].bind(height=8, width=8, region=4).compile(block=16)
-    q = torch.randn(1, 1, 64, 16)
-    kernel.route_schedule = "gathered"
+    biformer = attnlang.stdlib()["biformer"].bind(height=8, width=8, region=4)
     with pytest.raises(attnlang.AttnlangError, match="per-token routing"):
-        kernel(q, q, q)
-    kernel.route_schedule = None  # compiled kernels are shared: leave this one as it was
-    moba = attnlang.stdlib()["moba"].bind(block=16, top=2).compile(block=16)
-    moba.route_schedule = "blocks"
+        biformer.compile(block=16, route_schedule="gathered")
     with pytest.raises(attnlang.AttnlangError, match="route_schedule must be"):
-        moba(q, q, q)
-    moba.route_schedule = None
+        attnlang.stdlib()["moba"].compile(block=16, route_schedule="blocks")
+    with pytest.raises(attnlang.AttnlangError, match="does not route"):
+        attnlang.stdlib()["causal"].compile(block=16, route_schedule="tiles")
 
 
 @settings(max_examples=40, deadline=None)

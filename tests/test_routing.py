@@ -93,7 +93,7 @@ def test_the_routed_bound_holds_for_every_selection(lib, top, route_block, tile,
     from attnlang.routing import routed_rows
     bound = routed_rows(block_map)
     assert (visited <= bound).all()
-    assert block_map.routed_tiles() <= block_map.counts["full"] + block_map.counts["partial"]
+    assert block_map.routed_tiles("tiles") <= block_map.counts["full"] + block_map.counts["partial"]
 
 
 def test_the_simulator_prices_the_routed_bound_and_the_selection(lib):
@@ -121,6 +121,7 @@ def test_the_simulator_prices_the_routed_bound_and_the_selection(lib):
     from attnlang.routing import routed_kinds
     kept = int((routed_kinds(block_map, kept_only=True) != 0).sum())  # the diagonal blocks, tile-major
     # 16384 rows x 3 choices over 32 blocks of 8 key tiles: a program per 128 of them, one more per block
+    assert block_map.routed_tiles() == block_map.routed_tiles("gathered")  # what the kernel picks here
     assert kept < block_map.routed_tiles() <= kept + (16384 * 3 / 128 + 32) * 8
     assert gathered.upper_bound >= block_map.kinds.size / block_map.routed_tiles()  # expected within the bound
     assert gathered.time_ms < static.time_ms < tile_major.time_ms

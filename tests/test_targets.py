@@ -239,10 +239,17 @@ def test_a_routed_launch_compiles_its_selection_stage_for_the_gpu():
     import torch
 
     import attnlang
-    kernel = attnlang.stdlib()["moba"].compile(block=64)
+    kernel = attnlang.stdlib()["moba"].compile(block=64, route_schedule="gathered")
     report = kernel.compile_for("sm_90", 2048, heads=4, head_dim=64, dtype=torch.bfloat16)
     names = [k.kernel for k in report.kernels]
     assert names[:2] == ["route_pool", "route_select"] and "attention_forward" in names
     assert {"gathered_forward", "gathered_backward_kv", "gathered_backward_q"} <= set(names)  # per-token routing
     assert all(k.fits for k in report.kernels)
-    assert all(k.spill_stores == 0 for k in report.kernels if k.kernel.startswith("gathered"))
+    assert all(k.spill_stores == 0 for k in report.kernels if k.kernel.startswith(("gathered", "route")))
+    # block routing's selection compiles too (a name typed two ways in one function once stopped it)
+    blocks = attnlang.parse("""pattern r() {
+    mask q >= k
+    route topk(3, block = 256, qpool = max, keep = q // 256 == k // 256)
+}""")["r"].compile(block=64)
+    report = blocks.compile_for("sm_90", 2048, heads=4, head_dim=64, dtype=torch.bfloat16)
+    assert "route_select" in [k.kernel for k in report.kernels] and all(k.fits for k in report.kernels)
