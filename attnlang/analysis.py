@@ -498,12 +498,20 @@ class BlockMap:
             return None
         from .routing import check_schedule, gathered_bound, routed_rows
         check_schedule(self.pattern, schedule)
-        if schedule is None and self.pattern.route.query_block == 1:
-            from .simulator import route_schedule_for
-            schedule = route_schedule_for(self)
-        if schedule == "gathered":
+        if (schedule or self.route_schedule()) == "gathered":
             return gathered_bound(self)
         return int(routed_rows(self).sum())
+
+    def route_schedule(self) -> str | None:
+        """The schedule a kernel with this map's tiles runs a routed pattern with on an H100 at
+        D = 128, bf16 (`attnlang.simulator.route_schedule_for`; block routing: "tiles"); None
+        for a pattern that does not route."""
+        if self.pattern.route is None:
+            return None
+        if self.pattern.route.query_block != 1:
+            return "tiles"
+        from .simulator import route_schedule_for
+        return route_schedule_for(self)
 
     def useful_fraction(self, exact: bool = False) -> float:
         """Allowed pairs over the pairs of visited (FULL and PARTIAL) tiles: the share of a

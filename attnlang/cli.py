@@ -356,7 +356,7 @@ def _run_analyze(args) -> int:
         closed_form = str(complexity.pairs)
         if seq_q == seq_k and seq_q >= complexity.valid_from:
             at_n = complexity.evaluate(seq_q)
-    schedule = _route_schedule(block_map)
+    schedule = block_map.route_schedule()
     report = {
         "pattern": pattern.name, "params": pattern.params, "seq_q": seq_q, "seq_k": seq_k, "heads": heads,
         "heads_in_map": block_map.shape[0], "block_q": block, "block_k": block,
@@ -380,9 +380,9 @@ def _run_analyze(args) -> int:
     print(f"  tile density  {block_map.tile_density:.4f}   (non-empty tiles / all tiles)")
     if pattern.is_routed:
         r = pattern.ir.route
-        print(f"  routed        at most {block_map.routed_tiles(schedule):,} tiles visited ({schedule} schedule) once "
-              f"routing picks {r.top} blocks of {r.block} per {_routing_unit(r)} (the counts above are the static "
-              "candidates it picks from)")
+        print(f"  routed        at most {block_map.routed_tiles(schedule):,} tiles visited once routing picks {r.top} "
+              f"blocks of {r.block} per {_routing_unit(r)} (the counts above are the static candidates it picks from)")
+        print(f"                {schedule} schedule: what the kernel runs with these tiles on an H100, D = 128, bf16")
     print(f"  useful        {block_map.useful_fraction():.4f}   (allowed pairs / pairs of visited tiles)")
     if not block_map.layout.is_row_major or block_map.layout_choice:
         padded = block_map.seq_q, block_map.seq_k
@@ -419,17 +419,6 @@ def _heads_to_show(pattern: Pattern, heads: int, head: int | None) -> list[int]:
     if heads <= MAX_HEADS_SHOWN:
         return list(range(heads))
     return [0, 1, heads - 2, heads - 1]
-
-
-def _route_schedule(block_map) -> str | None:
-    """The schedule the kernel runs a routed map with (per token: picked as `AttentionKernel` does)."""
-    route = block_map.pattern.route
-    if route is None:
-        return None
-    if route.query_block != 1:
-        return "tiles"
-    from .simulator import route_schedule_for
-    return route_schedule_for(block_map)
 
 
 def _routing_unit(route) -> str:

@@ -301,8 +301,8 @@ class Pattern:
         choice at the last length it ran or was asked for).
 
         `route_schedule` (per-token routing): "gathered" (key-block-major), "tiles"
-        (tile-major), or None: the faster on `hardware` by the simulator, per length
-        (`kernel.schedule_for(q, k)` says which).
+        (tile-major), or None: per length, the faster on `hardware` by the simulator, but
+        tile-major past a quarter of the device's memory (`kernel.schedule_for(q, k)` says which).
         """
         import torch
 

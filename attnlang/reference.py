@@ -206,6 +206,14 @@ def evaluate_scalar(node: ir.Expr):
 
 # -- masks ---------------------------------------------------------------------------------
 
+def _input_kind(pattern: ir.PatternIR, name: str, length: int) -> str:
+    """What input `name` is, for a message: "an int array of 70 tokens", "a float block array"."""
+    blocks = {b[0]: b for b in pattern.block_inputs}
+    if name in blocks:
+        return f"a {blocks[name][4]} array of blocks ({blocks[name][1]} x {blocks[name][2]} tokens)"
+    return f"{'a float' if name in ir.float_inputs(pattern) else 'an int'} array of {length} tokens"
+
+
 def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch: int | None = None,
                  lengths: tuple[int, int] | None = None, heads: int | None = None) -> dict:
     """Validate runtime inputs against the pattern's declarations; return int64 arrays (float64
@@ -221,7 +229,7 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
     missing = [name for name in pattern.inputs if name not in inputs]
     if missing:
         raise AttnlangError(f"pattern '{pattern.name}' needs input '{missing[0]}' "
-                            f"(an int array of {length} tokens): pass inputs={{'{missing[0]}': ...}}")
+                            f"({_input_kind(pattern, missing[0], length)}): pass inputs={{'{missing[0]}': ...}}")
     unknown = [name for name in inputs if name not in pattern.inputs]
     if unknown:
         declared = ", ".join(pattern.inputs) or "none"

@@ -312,8 +312,8 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     routed bound (`attnlang.routing.routed_kinds`) plus its selection stage
     (`breakdown["selection"]`), never as its static candidates. Per-token routing runs the
     schedule `route_schedule` ("gathered": the chosen blocks key-block-major, `breakdown["gathered"]`
-    and their partial outputs' merge, `breakdown["merge"]`; "tiles": tile-major; None: the faster
-    of the two, as the kernel picks, `route_schedule_for`).
+    and their partial outputs' merge, `breakdown["merge"]`; "tiles": tile-major; None: what the
+    kernel picks, `route_schedule_for`: the faster, but tile-major past a quarter of the device's memory).
     """
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_BYTES:
@@ -358,6 +358,8 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         return total, parts
 
     kinds, selection, gathered = block_map.kinds, 0.0, None
+    if pattern.route is None and route_schedule is not None:
+        raise AttnlangError(f"route_schedule applies to routed patterns; {_label(pattern)} does not route")
     if pattern.route is not None:  # routing visits at most its bound, after a selection stage of its own
         from .routing import gathered_tiles, merge_seconds, routed_kinds, selection_seconds
         from .routing import check_schedule

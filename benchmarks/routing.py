@@ -10,7 +10,7 @@ schedules per-token routing can take (tile-major, and key-block-major: gathered)
 Selection memory is the peak CUDA allocation during the selection stage above what was
 allocated before it (the pooled keys and queries and the chosen indices); a units x blocks
 score matrix, which the stage never stores, is reported beside it for scale. Per-token
-patterns are timed on both schedules (`kernel.route_schedule`), with the gathered forward's
+patterns are timed on both schedules (`compile(route_schedule=)`), with the gathered forward's
 peak memory (its partial outputs). Writes benchmarks/results/routing.json (or --out).
 """
 
@@ -99,9 +99,8 @@ def measure(name, seq, heads, head_dim, dtype, device, block, repeats, smoke):
         forward = lambda: module.forward(q, k, v, {}, scale, kernel.block_m, kernel.block_n, tables)  # noqa: E731
         row[f"attention_ms_{schedule}"] = median_milliseconds(forward, **timing)
         row[f"forward_bytes_{schedule}"] = _peak_bytes(device, forward)[0]
-        kernel.route_schedule = schedule
-        row[f"routed_call_ms_{schedule}"] = median_milliseconds(lambda: kernel(q, k, v), **timing)
-    kernel.route_schedule = None
+        fixed = pattern.compile(block=block, route_schedule=schedule)
+        row[f"routed_call_ms_{schedule}"] = median_milliseconds(lambda: fixed(q, k, v), **timing)
     row["attention_ms"] = row["attention_ms_gathered" if route.query_block == 1 else "attention_ms_tiles"]
     for label, static in (("static_ms", lookup("causal")), ("dense_ms", lookup("dense"))):
         static_kernel = static.compile(block=block)
@@ -158,12 +157,12 @@ def simulated(lengths=(16384, 65536)):
         grid = ("frames", "height", "width")
         sizes = pattern.ir.grid and [int(pattern.params[p]) for p in pattern.params if p in grid]
         for seq in ([int(np.prod(sizes))] if sizes else lengths):
-            result = attnlang.simulate(pattern, seq=seq)  # per token: the faster schedule, as the kernel picks
+            result = attnlang.simulate(pattern, seq=seq, backward=True)  # per token: the schedule the kernel picks
             rows.append({"pattern": result.pattern, "seq": seq, "time_ms": result.time_ms, "speedup": result.speedup,
                          "selection_ms": result.breakdown["selection"], "upper_bound": result.upper_bound})
             if pattern.is_routed and pattern.ir.route.query_block == 1:
                 for schedule in ("gathered", "tiles"):
-                    rows[-1][f"time_ms_{schedule}"] = attnlang.simulate(pattern, seq=seq,
+                    rows[-1][f"time_ms_{schedule}"] = attnlang.simulate(pattern, seq=seq, backward=True,
                                                                         route_schedule=schedule).time_ms
                 rows[-1]["schedule"] = "gathered" if result.breakdown["gathered"] > 0 else "tiles"
             print(rows[-1])

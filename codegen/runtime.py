@@ -131,14 +131,25 @@ class AttentionKernel:
             from attnlang.routing import check_schedule
             check_schedule(pattern.ir, route_schedule)
         # per-token routing: "gathered" (key-block-major) or "tiles" (tile-major, a per-row bitmap
-        # of each tile's chosen blocks); None: the faster on `hardware` by the simulator, per length
-        self.route_schedule, self.hardware = route_schedule, hardware
+        # of each tile's chosen blocks); None: the faster on `hardware` by the simulator, per length.
+        # Fixed at construction (compile's cache key holds them): read-only properties below
+        self._route_schedule, self._hardware = route_schedule, hardware
         self._schedules: dict = {}
         self._key = op.register(self)
 
     def standalone_source(self) -> str:
         """This kernel as a module that needs only torch and triton (`attnlang compile -o`)."""
         return self.source
+
+    @property
+    def route_schedule(self) -> str | None:
+        """`compile(route_schedule=)`: "gathered", "tiles", or None (picked per length, `schedule_for`)."""
+        return self._route_schedule
+
+    @property
+    def hardware(self):
+        """`compile(hardware=)`: what a per-token routing's schedule is picked for."""
+        return self._hardware
 
     def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):
         """Every kernel a launch at these lengths runs, compiled for `target` ("sm_90", ...)
@@ -192,8 +203,8 @@ class AttentionKernel:
             maps = [kernel_maps(m, unit_rows) for m in self.block_maps(seq_q, seq_k, inputs, batch, heads)]
             self._route_maps[key] = {name: torch.from_numpy(np.stack([m[name] for m in maps])).to(device)
                                      for name in maps[0]}
-            # the gathered schedule's tile-map half reads these on every call: built once
-            self._route_maps[key]["kept_tables"] = self._module(device).tables_of(self._route_maps[key]["kept"])
+            if self.pattern.ir.route.query_block == 1:  # a gathered launch's tile-map half reads them every call
+                self._route_maps[key]["kept_tables"] = self._module(device).tables_of(self._route_maps[key]["kept"])
         return self._route_maps[key]
 
     def selection(self, q, k, inputs=None):
@@ -225,9 +236,11 @@ class AttentionKernel:
                                                     self.schedule_for(q, k, inputs))
 
     def schedule_for(self, q, k, inputs=None) -> str:
-        """The schedule a routed launch on q and k runs: `route_schedule`, or for per-token
-        routing the faster by the simulator on `self.hardware` (`attnlang.simulator.route_schedule_for`),
-        chosen once per lengths, heads, head dim and dtype; block routing runs "tiles"."""
+        """The schedule a routed launch on q and k (any device, meta too) runs: `route_schedule`,
+        or for per-token routing `attnlang.simulator.route_schedule_for` on `hardware` (the
+        faster by the simulator, tile-major past a quarter of the device's memory), chosen once
+        per lengths, batch, heads, head dim, dtype and inputs (not a routing's `by` scores);
+        block routing runs "tiles"."""
         schedule, route = self.route_schedule, self.pattern.ir.route
         if schedule is not None or route.query_block != 1:
             return schedule or "tiles"
@@ -371,7 +384,7 @@ class LayoutKernel:
         self.block_choice = None  # set by Pattern.compile(block="auto")
         self.layout_choice = None  # the choice at the last length it was made for
         self._per_length: dict = {}  # (seq_q, seq_k) -> (LayoutChoice, AttentionKernel or None)
-        self.route_schedule = route_schedule  # a routed pattern's: as AttentionKernel.route_schedule
+        self._route_schedule = route_schedule  # a routed pattern's: as AttentionKernel.route_schedule
 
     def __repr__(self) -> str:
         return f"<LayoutKernel {self.pattern.label} layout={self.spec} block={self.block_m}x{self.block_n}>"
@@ -403,6 +416,20 @@ class LayoutKernel:
         entry = self._per_length[(seq_q, seq_k)]
         self.layout_choice = entry[0]
         return entry
+
+    @property
+    def route_schedule(self) -> str | None:
+        """`compile(route_schedule=)`, as `AttentionKernel.route_schedule`."""
+        return self._route_schedule
+
+    def schedule_for(self, q, k, inputs=None) -> str:
+        """The schedule a routed launch on row-major q and k runs (`AttentionKernel.schedule_for`
+        of the permuted kernel at the layout's lengths)."""
+        choice, kernel, _ = self._entry(q.shape[2], k.shape[2])
+        seq_q, seq_k = choice.layout.lengths(q.shape[2], k.shape[2])
+        permuted_q = torch.empty(q.shape[:2] + (seq_q, q.shape[3]), dtype=q.dtype, device="meta")
+        permuted_k = torch.empty(k.shape[:2] + (seq_k, k.shape[3]), dtype=k.dtype, device="meta")
+        return kernel.schedule_for(permuted_q, permuted_k, inputs)
 
     def compile_for(self, target: str, seq_q: int, seq_k: int | None = None, inputs=None, **options):
         """The permuted kernel's launch at these (row-major) lengths compiled for `target`

@@ -278,7 +278,7 @@ def compile_for(kernel, target: str | Target, seq_q: int, seq_k: int | None = No
         "block": [kernel.block_m, kernel.block_n], "launch": kernel.launch, "standalone": standalone,
         "inputs": {name: list(_numpy(values).shape) for name, values in (inputs or {}).items()},
         "tables": _table_shapes(tables),
-        "route_schedule": _route_schedule(kernel, shape),
+        "route_schedule": _route_schedule(kernel, shape, inputs),
     }
 
     result = _run_worker(spec)
@@ -287,7 +287,7 @@ def compile_for(kernel, target: str | Target, seq_q: int, seq_k: int | None = No
                         [_kernel_report(entry) for entry in result["kernels"]])
 
 
-def _route_schedule(kernel, shape: dict) -> str | None:
+def _route_schedule(kernel, shape: dict, inputs) -> str | None:
     """The schedule a routed launch of this shape runs (`AttentionKernel.schedule_for`)."""
     if not kernel.pattern.is_routed:
         return None
@@ -296,7 +296,7 @@ def _route_schedule(kernel, shape: dict) -> str | None:
                     device="meta")
     k = torch.empty(shape["batch"], shape["heads_kv"], shape["seq_k"], shape["head_dim"], dtype=shape["dtype"],
                     device="meta")
-    return kernel.schedule_for(q, k)
+    return kernel.schedule_for(q, k, inputs)
 
 
 def _launch_shape(kernel, seq_q, seq_k, batch, heads, heads_kv, head_dim, dtype) -> dict:

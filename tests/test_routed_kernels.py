@@ -253,6 +253,24 @@ def test_the_gathered_schedule_is_not_picked_past_a_quarter_of_the_device_memory
     assert route_schedule_for(block_map, batch=16) == "tiles"  # 26 GB of them, over 80 GB / 4
 
 
+def test_the_schedule_is_picked_with_the_inputs_and_in_a_layout():
+    scored = routed("""pattern r(block = 64) {
+    input s: float[heads, blocks(1, block)]
+    mask q >= k
+    route topk(3, block = block, qblock = 1, by = s)
+}""")
+    q = torch.zeros(1, 2, 4096, 64, device="meta")
+    scores = {"s": torch.zeros(2, 4096, 64)}
+    assert scored.compile(block=64).schedule_for(q, q, scores) in ("gathered", "tiles")  # the map needs s
+    vmoba = attnlang.stdlib()["vmoba"]
+    assert vmoba.compile(block=64).schedule_for(q, q) in ("gathered", "tiles")  # a LayoutKernel: its region order
+    assert vmoba.compile(block=64, route_schedule="tiles").schedule_for(q, q) == "tiles"
+    with pytest.raises(AttributeError):
+        vmoba.compile(block=64).route_schedule = "tiles"  # a compile option, part of the cache key
+    with pytest.raises(attnlang.AttnlangError, match="does not route"):
+        attnlang.simulate(attnlang.stdlib()["causal"], seq=1024, route_schedule="tiles")
+
+
 def test_a_schedule_that_cannot_run_is_refused_by_name():
     biformer = attnlang.stdlib()["biformer"].bind(height=8, width=8, region=4)
     with pytest.raises(attnlang.AttnlangError, match="per-token routing"):
