@@ -996,6 +996,20 @@ def _gathered_rows(Order, Work, group, w, n_entries, WORK_ITEMS, ROUTE_TOP: tl.c
 
 
 @triton.jit
+def _work_item(Order, Work, N_Q, WORK_ITEMS, HEADS: tl.constexpr, BLOCK_M: tl.constexpr, ROUTE_TOP: tl.constexpr,
+               ROUTE_SHARE: tl.constexpr):
+    """The program's batch entry and head, its selection group's entry count, and its work item
+    (`_gathered_rows`): grid (work items, batch * heads)."""
+    off_b = tl.program_id(1) // HEADS
+    off_h = tl.program_id(1) % HEADS
+    group = off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE
+    n_entries = N_Q * ROUTE_TOP
+    block, entries, rows, live = _gathered_rows(Order, Work, group, tl.program_id(0), n_entries, WORK_ITEMS,
+                                                ROUTE_TOP, BLOCK_M)
+    return off_b, off_h, n_entries, block, entries, rows, live
+
+
+@triton.jit
 def _entries(Order, group, slots, live, n_entries, ROUTE_TOP: tl.constexpr):
     """Slots `slots` of a selection group's entries sorted by block: each entry (row * ROUTE_TOP +
     choice) and its row; lanes not `live` read row 0, which the callers mask."""
@@ -1022,13 +1036,9 @@ def gathered_forward(Q, K, V, Parts, PartLse, Order, Work, INPUTS, stride_input,
                      ROUTE_TOP: tl.constexpr, ROUTE_BLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
     """The partial output and LSE of each (row, choice) of one work item: its rows against the
     chosen block. Parts: float32 (B * H, N_Q * ROUTE_TOP, HEAD_DIM); PartLse (B * H, N_Q * ROUTE_TOP)."""
-    off_b = tl.program_id(1) // HEADS
-    off_h = tl.program_id(1) % HEADS
+    off_b, off_h, n_entries, block, entries, rows, live = _work_item(Order, Work, N_Q, WORK_ITEMS, HEADS, BLOCK_M,
+                                                                     ROUTE_TOP, ROUTE_SHARE)
     off_kvh = off_h // GROUP
-    group = off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE
-    n_entries = N_Q * ROUTE_TOP
-    block, entries, rows, live = _gathered_rows(Order, Work, group, tl.program_id(0), n_entries, WORK_ITEMS,
-                                                ROUTE_TOP, BLOCK_M)
     if block >= 0:
         q_pos = rows[:, None]
         offs_d = tl.arange(0, HEAD_DIM_P)
@@ -1068,13 +1078,9 @@ def gathered_backward_q(Q, K, V, DO, Lse, Delta, DQParts, Order, Work, INPUTS, s
                         ROUTE_TOP: tl.constexpr, ROUTE_BLOCK: tl.constexpr, ROUTE_SHARE: tl.constexpr):
     """dQ of each (row, choice) of one work item from its chosen block, into its own slot of
     DQParts (float32, as Parts): the slots are summed after, so no two programs write one row."""
-    off_b = tl.program_id(1) // HEADS
-    off_h = tl.program_id(1) % HEADS
+    off_b, off_h, n_entries, block, entries, rows, live = _work_item(Order, Work, N_Q, WORK_ITEMS, HEADS, BLOCK_M,
+                                                                     ROUTE_TOP, ROUTE_SHARE)
     off_kvh = off_h // GROUP
-    group = off_b * (HEADS // ROUTE_SHARE) + off_h // ROUTE_SHARE
-    n_entries = N_Q * ROUTE_TOP
-    block, entries, rows, live = _gathered_rows(Order, Work, group, tl.program_id(0), n_entries, WORK_ITEMS,
-                                                ROUTE_TOP, BLOCK_M)
     if block >= 0:
         q_pos = rows[:, None]
         offs_d = tl.arange(0, HEAD_DIM_P)
