@@ -323,13 +323,14 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
     pattern = block_map.pattern
     bm, bn = block_map.block_q, block_map.block_k
     seq, seq_k = block_map.seq_q, block_map.seq_k
-    instructions = _instructions(costs, pattern_or_blockmap, block_map, hw, head_dim, dtype, inputs)
+    instructions = None  # the compiled counts, once the schedule that runs is known (below)
     model = _ModelInstructions(pattern, bm, bn, partial_as_full)
     slots = hw.sms * int(hw.efficiency["programs_per_sm"])
 
     def run(kinds: np.ndarray | None, tiles: dict | None = None):
         """Seconds and parts of the launch's passes over a tile map, or over `tiles`: per kernel,
-        its programs' FULL and PARTIAL tile counts, (map heads, programs) each."""
+        its programs' FULL and PARTIAL tile counts, (map heads, programs) each, run by the
+        gathered kernels (`gathered_forward`, ...: their compiled counts)."""
         total, parts = 0.0, {"mma": 0.0, "elementwise": 0.0, "memory": 0.0, "overhead": 0.0, "imbalance": 0.0}
         for kernel, flops, rows, transposed in _passes(bm, bn, backward):
             if tiles is None:
@@ -338,7 +339,8 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
                 n_partial = (pass_kinds == PARTIAL).sum(-1).astype(np.float64)
             else:
                 n_full, n_partial = tiles[kernel]
-            counts = instructions.per_tile(kernel) if instructions else (None, None)
+            compiled_name = kernel if tiles is None else f"gathered_{kernel}"
+            counts = instructions.per_tile(compiled_name) if instructions else (None, None)
             full_count = counts[0] or model.full(kernel)
             partial_count = full_count if partial_as_full else counts[1] or model.partial(kernel)
             full = _TileCosts(hw, bm, bn, head_dim, dtype, full_count, flops, rows, compute_only)
@@ -374,6 +376,7 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
             kinds = routed_kinds(block_map)
         if not compute_only:
             selection = selection_seconds(hw, pattern.route, seq, seq_k, batch, heads, head_dim, dtype)
+    instructions = _instructions(costs, pattern_or_blockmap, block_map, hw, head_dim, dtype, inputs, route_schedule)
     time, breakdown = run(kinds)
     breakdown["gathered"] = breakdown["merge"] = 0.0
     if gathered is not None:  # its own line: the parts above are the tile-major half's
@@ -513,9 +516,10 @@ class TileInstructions:
 
 
 def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_dim: int, dtype: str, seq: int,
-                          inputs=None, seq_k: int | None = None) -> TileInstructions:
+                          inputs=None, seq_k: int | None = None, route_schedule=None) -> TileInstructions:
     """The launch's kernels compiled for `hw`'s architecture (attnlang.codegen.targets, no GPU),
-    their instruction counts cached in ~/.cache/attnlang/costs by kernel source and launch."""
+    their instruction counts cached in ~/.cache/attnlang/costs by kernel source and launch;
+    per-token routing's at `route_schedule` (the gathered kernels too where it is "gathered")."""
     import hashlib
     import json
     import os
@@ -530,14 +534,15 @@ def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_di
     target = resolve_target(f"sm_{hw.compute_capability}")
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     # the row-major kernel: a layout changes only per-row position arithmetic in the tile loop
-    kernel = pattern.compile(heads=16, head_dim=head_dim, dtype=torch_dtype, block=block, layout="row-major")
+    kernel = pattern.compile(heads=16, head_dim=head_dim, dtype=torch_dtype, block=block, layout="row-major",
+                             route_schedule=route_schedule if pattern.is_routed else None)
     seq_k = seq if seq_k is None else seq_k
     ragged = seq % block[0] != 0 or seq_k % block[1] != 0
     # what the compiled code depends on: the source, the target, the specialization (RAGGED, and
     # Triton's divisibility of the lengths), the inputs' shapes, and Triton itself
     shapes = sorted((name, np.shape(values)) for name, values in (inputs or {}).items())
     key = hashlib.sha256(repr((kernel.source, target.name, head_dim, dtype, ragged, seq % 16 == 0,
-                               seq_k % 16 == 0, shapes, triton.__version__)).encode())
+                               seq_k % 16 == 0, shapes, route_schedule, triton.__version__)).encode())
     cache = Path(os.environ.get("ATTNLANG_CACHE", Path.home() / ".cache" / "attnlang")) / "costs"
     path = cache / f"{key.hexdigest()[:24]}.json"
     if path.exists():
@@ -552,7 +557,7 @@ def compiled_instructions(pattern, hw: Hardware, block: tuple[int, int], head_di
 
 
 def _instructions(costs, source, block_map: BlockMap, hw: Hardware, head_dim: int, dtype: str,
-                  inputs) -> TileInstructions | None:
+                  inputs, route_schedule=None) -> TileInstructions | None:
     if isinstance(costs, TileInstructions):
         return costs
     if costs == "model":
@@ -562,7 +567,7 @@ def _instructions(costs, source, block_map: BlockMap, hw: Hardware, head_dim: in
     if isinstance(source, BlockMap):
         raise AttnlangError("costs='compiled' compiles the pattern's kernels: pass the Pattern, not a BlockMap")
     return compiled_instructions(source, hw, (block_map.block_q, block_map.block_k), head_dim, dtype,
-                                 block_map.seq_q, inputs, block_map.seq_k)
+                                 block_map.seq_q, inputs, block_map.seq_k, route_schedule)
 
 
 def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -> np.ndarray:

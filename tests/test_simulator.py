@@ -234,6 +234,23 @@ def test_compiled_instruction_counts_price_the_tiles(lib):
         simulate(pattern.analyze(8192, block=(128, 64)), costs="compiled")
 
 
+def test_the_gathered_schedule_is_priced_by_its_own_kernels_counts(lib):
+    """Per-token routing's gathered programs run gathered_forward and its backward kernels:
+    compiled counts charge them those kernels' loops, not the tile-major kernels'."""
+    from attnlang.simulator import TileInstructions
+    pattern = lib["moba"]
+    tile_major = {k: (2000, 3000) for k in ("forward", "backward_kv", "backward_q")}
+    light = TileInstructions("sm_90", tile_major | {f"gathered_{k}": (3000, 3000) for k in tile_major})
+    heavy = TileInstructions("sm_90", tile_major | {f"gathered_{k}": (6000, 6000) for k in tile_major})
+    a, b = (simulate(pattern, seq=16384, costs=c, backward=True, route_schedule="gathered") for c in (light, heavy))
+    assert b.breakdown["gathered"] > 1.05 * a.breakdown["gathered"]  # mma and memory overlap the rest
+    assert a.time_ms - a.breakdown["gathered"] == pytest.approx(b.time_ms - b.breakdown["gathered"])
+    unmatched = TileInstructions("sm_90", tile_major)  # no gathered kernels compiled: the model prices them
+    modelled = simulate(pattern, seq=16384, backward=True, route_schedule="gathered")
+    assert simulate(pattern, seq=16384, costs=unmatched, backward=True,
+                    route_schedule="gathered").breakdown["gathered"] == pytest.approx(modelled.breakdown["gathered"])
+
+
 def test_calibration_recovers_known_efficiencies(lib):
     """Synthetic 'measurements' made by the model with known parameters are fitted back."""
     import dataclasses
