@@ -277,6 +277,9 @@ class PatternIR:
     # read as a per-token input of its flattened values (index lowered in mask and logit)
     block_inputs: tuple[tuple[str, int, int, bool, str], ...] = ()
     declared_floats: tuple[str, ...] = ()  # `input NAME: float[tokens]`, read or not
+    # a laid-out pattern's row-major (seq_q, seq_k): its positions read the inputs at their
+    # tokens, so the inputs keep the row-major lengths and order (`attnlang.layout.apply`)
+    input_lengths: tuple[int, int] | None = None
 
     def with_mask(self, mask: Expr) -> "PatternIR":
         """This pattern with `mask` alone (no routing, no grid), its logit and inputs as they are:

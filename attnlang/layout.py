@@ -178,11 +178,6 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     if layout.is_row_major:
         return pattern
     routes_regions = pattern.route is not None and pattern.route.region is not None and layout.kind == "regions"
-    if pattern.inputs:
-        raise AttnlangError(f"pattern '{pattern.name}' reads runtime inputs, which a layout does not reorder: only "
-                            "row-major is supported for it" + (", and routing over grid regions needs the region "
-                                                               "layout, so it takes no inputs yet" if routes_regions
-                                                               else ""))
     if pattern.route is not None and not routes_regions:
         raise AttnlangError(f"pattern '{pattern.name}' routes by content over blocks of tokens: only row-major is "
                             "supported for it")
@@ -205,10 +200,27 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
         atoms = {v: e for v, e in replacements.items() if v.name.startswith("@")}
         return fold_constants(fold_linear(ir.substitute(on_atoms, atoms), {}))  # x // a // b -> x // (a*b)
 
-    mask = fold_constants(_conjunction(valid + [rewrite(pattern.mask)]))
+    def laid_out(expr: ir.Expr) -> ir.Expr:
+        return _guarded_loads(rewrite(expr), _conjunction(valid))
+
+    mask = fold_constants(_conjunction(valid + [laid_out(pattern.mask)]))
     # in the region layout each region is `block` contiguous tokens: it routes as plain blocks
-    route = pattern.route and replace(pattern.route, keep=rewrite(pattern.route.keep), region=None)
-    return replace(pattern, mask=mask, logit=rewrite(pattern.logit), route=route, grid=())
+    route = pattern.route and replace(pattern.route, keep=laid_out(pattern.route.keep), region=None)
+    # inputs stay in token order: a position reads them at its token (rewritten above), sized by
+    # the row-major lengths
+    return replace(pattern, mask=mask, logit=laid_out(pattern.logit), route=route, grid=(),
+                   input_lengths=(seq_q, seq_k) if pattern.inputs else None)
+
+
+def _guarded_loads(expr: ir.Expr, valid: ir.Expr) -> ir.Expr:
+    """`expr` with each input index read as 0 at padding positions (not `valid`): a padding
+    position has no token, and every pair's index must be in range, masked or not."""
+    if valid == ir.TRUE:
+        return expr
+    kids = tuple(_guarded_loads(kid, valid) for kid in ir.children(expr))
+    if isinstance(expr, ir.Load):
+        return ir.Load(expr.input, ir.Select(valid, kids[0], _const(0), Type.INT), expr.span, expr.type)
+    return ir.replace_children(expr, kids) if kids else expr
 
 
 def region_layout(pattern: ir.PatternIR, seq_q: int, seq_k: int, heads: int = 1) -> Layout:
@@ -306,9 +318,9 @@ def check_spec(spec, pattern: ir.PatternIR) -> None:
     if not isinstance(spec, str):
         raise AttnlangError(f"layout must be 'auto', 'row-major', a tile shape such as '16x8', or 'residues D'; "
                             f"got {spec!r}")
-    if pattern.inputs or pattern.route is not None:
-        what = f"reads runtime inputs ({', '.join(pattern.inputs)})" if pattern.inputs else "routes by content"
-        raise AttnlangError(f"pattern '{pattern.name}' {what}: layouts do not reorder those; use layout='row-major'")
+    if pattern.route is not None:
+        raise AttnlangError(f"pattern '{pattern.name}' routes by content over blocks of tokens: layouts do not "
+                            "reorder those; use layout='row-major'")
     parse_layout(spec, pattern, 1 << 12, 1 << 12, *_spec_blocks(spec), heads=1)
 
 
@@ -323,8 +335,9 @@ def _spec_blocks(spec: str) -> tuple[int, int]:
 
 
 def has_candidates(pattern: ir.PatternIR) -> bool:
-    """Whether any layout besides row-major can apply: a grid of two or more axes, or a `% d`
-    of q and k, and no runtime inputs or routing."""
+    """Whether "auto" can pick a layout besides row-major: a grid of two or more axes, or a
+    `% d` of q and k, and no routing; nor runtime inputs, since the choice analyzes each layout
+    and that needs the inputs' values (a named layout takes them)."""
     if pattern.inputs or pattern.route is not None:
         return False
     return len(pattern.grid) > 1 or bool(_residue_moduli(pattern))

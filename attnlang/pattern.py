@@ -324,9 +324,6 @@ class Pattern:
             check_schedule(self.ir, route_schedule)
         elif route_schedule is not None:
             raise AttnlangError(f"pattern '{self.name}' does not route: route_schedule applies to routed patterns")
-        if self.routes_regions and self.inputs:
-            raise AttnlangError(f"pattern '{self.name}' routes over grid regions, which run in the region layout, and "
-                                f"a layout does not reorder runtime inputs yet: it cannot read '{self.inputs[0]}'")
         if self._layout_applies(layout):
             kernel = LayoutKernel(self, layout, heads, head_dim, heads_kv, dtype, block, hardware, route_schedule)
             kernel.block_choice = choice

@@ -225,6 +225,8 @@ def check_inputs(pattern: ir.PatternIR, inputs: dict | None, length: int, batch:
     `lengths` (seq_q, seq_k; default both `length`) and `heads` (one map per head, when known),
     returned flattened as its reads index it. A routing's `by` scores must be finite.
     """
+    if pattern.input_lengths is not None:  # a laid-out pattern: inputs are in token order
+        lengths, length = pattern.input_lengths, max(pattern.input_lengths)
     inputs = dict(inputs or {})
     missing = [name for name in pattern.inputs if name not in inputs]
     if missing:

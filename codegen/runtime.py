@@ -8,6 +8,7 @@ Triton interpreter (the module is loaded with TRITON_INTERPRET=1), CUDA tensors 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import math
@@ -123,8 +124,8 @@ class AttentionKernel:
         self.block_m, self.block_n = _tile_shape(block)
         # the module that runs: kernels, device-side tile classifier, autograd and launcher
         self.source = standalone_source(pattern.ir, (self.block_m, self.block_n), statement_origins(pattern.decl))
-        self._tables: dict = {}
-        self._route_maps: dict = {}
+        self._tables = _Recent()
+        self._route_maps = _Recent()
         self.block_choice = None  # set by Pattern.compile(block="auto"): the simulated reason
         self.launch = None  # num_warps and num_stages per kernel; None: the module's defaults
         if pattern.is_routed:
@@ -134,7 +135,7 @@ class AttentionKernel:
         # of each tile's chosen blocks); None: the faster on `hardware` by the simulator, per length.
         # Fixed at construction (compile's cache key holds them): read-only properties below
         self._route_schedule, self._hardware = route_schedule, hardware
-        self._schedules: dict = {}
+        self._schedules = _Recent()
         self._key = op.register(self)
 
     def standalone_source(self) -> str:
@@ -330,6 +331,26 @@ class AttentionKernel:
             raise AttnlangError("q, k and v must be on the same device")
 
 
+class _Recent(collections.OrderedDict):
+    """A cache of the most recently used `limit` entries: tables are keyed by the inputs' values,
+    which a training loop changes every step (documents), so an unbounded cache would grow with
+    every batch; a few lengths and inputs stay."""
+
+    def __init__(self, limit: int = 16):
+        super().__init__()
+        self.limit = limit
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 def _numpy(value):
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
@@ -491,20 +512,18 @@ class LayoutKernel:
 
     def __call__(self, q, k, v, inputs=None, scale=None, return_lse: bool = False, permuted: bool = False,
                  seq: int | None = None, seq_k: int | None = None):
-        if inputs:
-            raise AttnlangError(f"pattern '{self.pattern.name}': a layout kernel takes no runtime inputs (layouts do "
-                                "not reorder them); compile with layout='row-major'")
+        # inputs stay in token order and length: the permuted pattern reads them at its tokens
         if permuted:
             entry = self._find(q.shape[2], k.shape[2], seq, seq_k)
-            return entry[1](q, k, v, scale=scale, return_lse=return_lse)
+            return entry[1](q, k, v, inputs, scale=scale, return_lse=return_lse)
         choice, kernel, orders = self._entry(q.shape[2], k.shape[2])
         if choice.layout.is_row_major:
-            return kernel(q, k, v, scale=scale, return_lse=return_lse)
+            return kernel(q, k, v, inputs, scale=scale, return_lse=return_lse)
         gather = orders["q"][0], orders["k"][0]
         q = q if gather[0] is None else q.index_select(2, gather[0].to(q.device))
         k, v = ((k, v) if gather[1] is None else
                 (k.index_select(2, gather[1].to(k.device)), v.index_select(2, gather[1].to(v.device))))
-        out, lse = kernel(q, k, v, scale=scale, return_lse=True)
+        out, lse = kernel(q, k, v, inputs, scale=scale, return_lse=True)
         inverse = orders["q"][1]
         if inverse is not None:
             out, lse = out.index_select(2, inverse.to(out.device)), lse.index_select(2, inverse.to(lse.device))

@@ -223,11 +223,40 @@ def test_inputs_that_would_be_read_wrongly_are_refused():
     unread = attnlang.parse("pattern p() { input w: float[tokens]\n mask q >= k }")["p"]
     assert "input w: float[tokens]" in str(unread.ir)
     assert unread.analyze(8, block=4, inputs={"w": [0.5] * 8}).counts["full"] == 1
-    regions = attnlang.parse("""pattern r() {
+
+
+REGIONS_WITH_INPUTS = """pattern r(top = 2) {
     input d: int[tokens]
-    grid (y, x) = (8, 8)
+    input w: float[tokens]
+    grid (y, x) = (8, 12)
     mask d[q] == d[k]
-    route topk(2, block = (4, 4))
-}""")["r"]
-    with pytest.raises(AttnlangError, match="a layout does not reorder runtime inputs yet: it cannot read 'd'"):
-        regions.compile(block=16)
+    bias w[k]
+    route topk(top, block = (4, 4), keep = d[q] == 0 and q.y // 4 == k.y // 4)
+}"""
+
+
+@needs_interpreter
+@pytest.mark.parametrize("qblock", ["", ", qblock = 1"])
+def test_grid_regions_route_with_inputs_in_token_order(qblock):
+    """The region layout permutes q, k and v; the inputs stay in token order, read at each
+    position's token, in the mask, the bias and the routing's keep."""
+    pattern = attnlang.parse(REGIONS_WITH_INPUTS.replace("(4, 4),", "(4, 4)" + qblock + ","))["r"]
+    gen = torch.Generator().manual_seed(3)
+    inputs = {"d": (torch.arange(96) >= 40).long(), "w": torch.randn(96, generator=gen, dtype=torch.float64)}
+    assert_kernel_matches_the_reference(pattern, inputs, gen, seq=96)
+    mask = pattern.reference_mask(96, 96, 2, inputs=inputs, q=torch.randn(1, 2, 96, 8), k=torch.randn(1, 2, 96, 8))
+    assert not mask[:, :40, 40:].any() and not mask[:, 40:, :40].any()  # the documents, in token order
+
+
+@needs_interpreter
+def test_new_inputs_every_step_keep_a_bounded_cache():
+    """A training loop gives new documents every step: the kernel keeps the tables of recent
+    inputs only, and a cached entry still serves its inputs."""
+    kernel = attnlang.stdlib()["document"].compile(block=16)
+    q = k = v = torch.randn(1, 1, 32, 16)
+    first = {"doc": torch.tensor([0] * 5 + [1] * 27)}
+    expected = kernel(q, k, v, first)
+    for step in range(kernel._tables.limit + 4):
+        kernel(q, k, v, {"doc": (torch.arange(32) >= step + 1).long()})
+    assert len(kernel._tables) == kernel._tables.limit
+    torch.testing.assert_close(kernel(q, k, v, first), expected)

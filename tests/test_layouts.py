@@ -50,9 +50,9 @@ def test_a_grid_coordinate_of_a_permuted_position_folds_to_that_coordinate():
 
 # -- masks and block maps ------------------------------------------------------------------
 
-def permuted_reference(pattern, layout, seq_q, seq_k, heads=1):
+def permuted_reference(pattern, layout, seq_q, seq_k, heads=1, inputs=None):
     """The row-major mask with its rows and columns reordered; padding rows and columns False."""
-    base = pattern.reference_mask(seq_q, seq_k, heads)
+    base = pattern.reference_mask(seq_q, seq_k, heads, inputs)
     rows = layout.q.order() if layout.q else np.arange(seq_q)
     cols = layout.k.order() if layout.k else np.arange(seq_k)
     expected = np.zeros((heads, len(rows), len(cols)), dtype=bool)
@@ -98,6 +98,50 @@ def test_a_permuted_pattern_is_the_row_major_mask_permuted_and_its_block_map_is_
             kind = 2 if tile.all() else 1 if tile.any() else 0
             assert block_map.kinds[0, i, j] == kind, (layout, i, j)
     assert block_map.pairs() == expected.sum()
+
+
+WITH_INPUTS = attnlang.parse("""
+pattern inputs2d(height = 6, width = 10, radius = 2, block = 8) {
+    grid (y, x) = (height, width)
+    input doc: int[tokens]
+    input weight: float[tokens]
+    input allowed: bool[blocks(block)]
+    mask abs(q.y - k.y) <= radius and abs(q.x - k.x) <= radius and doc[q] == doc[k] and allowed
+    bias weight[k] - weight[q]
+}""")["inputs2d"]
+
+
+def drawn_inputs(data, seq, block):
+    """Documents of a few runs, weights, and a block mask (blocks of `block` in token order)."""
+    cuts = sorted(data.draw(st.lists(st.integers(1, seq - 1), max_size=3))) if seq > 1 else []
+    doc = np.searchsorted(np.array(cuts, dtype=np.int64), np.arange(seq), side="right")
+    weight = np.array(data.draw(st.lists(st.floats(-2, 2), min_size=seq, max_size=seq)))
+    blocks = -(-seq // block)
+    allowed = np.array(data.draw(st.lists(st.booleans(), min_size=blocks * blocks, max_size=blocks * blocks)))
+    return {"doc": doc, "weight": weight, "allowed": allowed.reshape(blocks, blocks)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(2, 7), width=st.integers(2, 9), block=st.sampled_from([4, 8]),
+       tile=st.sampled_from([(8, "2x4"), (8, "4x2"), (16, "4x4"), (16, "2x8/2x4")]), data=st.data())
+def test_a_laid_out_pattern_reads_its_inputs_at_its_tokens(height, width, block, tile, data):
+    """Per-token, float and block inputs stay in token order and length: the laid-out mask is
+    the row-major one permuted (padding included), and its block map is exact."""
+    pattern = WITH_INPUTS.bind(height=height, width=width, block=block)
+    seq = data.draw(st.integers(max(1, height * width // 2), height * width + width))  # ragged, or a row more
+    inputs = drawn_inputs(data, seq, block)
+    block_q, spec = tile
+    block_k = block_q if "/" not in spec else 8
+    laid_out = pattern.with_layout(spec, seq, block=(block_q, block_k))
+    padded = laid_out.layout.lengths(seq, seq)
+    expected = permuted_reference(pattern, laid_out.layout, seq, seq, inputs=inputs)
+    assert np.array_equal(laid_out.reference_mask(*padded, inputs=inputs), expected)
+    block_map = pattern.analyze(seq, block=(block_q, block_k), layout=spec, inputs=inputs)
+    tiles = expected[0]
+    for i in range(-(-padded[0] // block_q)):
+        for j in range(-(-padded[1] // block_k)):
+            tile_pairs = tiles[i * block_q:(i + 1) * block_q, j * block_k:(j + 1) * block_k]
+            assert block_map.kinds[0, i, j] == (2 if tile_pairs.all() else 1 if tile_pairs.any() else 0), (i, j)
 
 
 @settings(max_examples=30, deadline=None)
@@ -183,7 +227,7 @@ def test_a_layout_is_used_at_the_lengths_it_was_made_for(lib):
 @pytest.mark.parametrize("name, spec, message", [
     ("neighborhood2d", "bogus", "is not 'auto', 'row-major', a tile shape"),
     ("causal", "16x8", "has no grid"),
-    ("document", "residues 2", "reads runtime inputs .doc.: layouts do not reorder those"),
+    ("moba", "residues 2", "routes by content over blocks of tokens: layouts do not reorder those"),
     ("neighborhood2d", None, "layout must be"),
 ])
 def test_compile_checks_the_layout_before_any_length(lib, name, spec, message):
@@ -238,6 +282,29 @@ def test_layout_kernels_equal_the_row_major_reference(lib, name, params, seq, sp
     # a model may stay in the permuted order across layers
     permuted = kernel(kernel.permute(q.detach()), kernel.permute(k.detach(), "k"), kernel.permute(v.detach(), "k"),
                       permuted=True)
+    torch.testing.assert_close(kernel.unpermute(permuted), ref.detach(), atol=2e-5, rtol=1e-4)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("spec, seq", [("4x4", 60), ("2x8", 55)])  # padding; a ragged last row
+def test_a_layout_kernel_reads_the_inputs_in_token_order(spec, seq):
+    """The kernel takes the inputs as a row-major kernel does (token order and length), forward
+    and backward, in the layout's order or the caller's (`permuted=True`)."""
+    pattern = WITH_INPUTS.bind(height=6, width=10, block=8)
+    inputs = {"doc": torch.tensor([0] * 20 + [1] * (seq - 20)), "weight": torch.linspace(-1, 1, seq).double(),
+              "allowed": torch.rand(-(-seq // 8), -(-seq // 8), generator=torch.Generator().manual_seed(1)) < 0.8}
+    kernel = pattern.compile(block=16, layout=spec)
+    assert not kernel.layout_for(seq).is_row_major
+    torch.manual_seed(seq)
+    q, k, v = (torch.randn(1, 2, seq, 16, requires_grad=True) for _ in range(3))
+    out, lse = kernel(q, k, v, inputs, return_lse=True)
+    ref, ref_lse = pattern.reference_attention(q, k, v, inputs, return_lse=True)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-4)
+    for got, want in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (q, k, v))):
+        torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)
+    permuted = kernel(kernel.permute(q.detach()), kernel.permute(k.detach(), "k"), kernel.permute(v.detach(), "k"),
+                      inputs, permuted=True)
     torch.testing.assert_close(kernel.unpermute(permuted), ref.detach(), atol=2e-5, rtol=1e-4)
 
 
