@@ -283,7 +283,9 @@ def _print_target_report(args, pattern: Pattern, block: tuple[int, int]) -> None
     inputs = _parse_inputs(args.inputs, pattern, seq) if pattern.inputs else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     kernel = pattern.compile(heads=args.heads, head_dim=args.head_dim, dtype=dtype, block=block)
-    result = kernel.compile_for(target, seq, inputs=inputs)
+    # a laid-out module runs at its layout's lengths; its inputs keep the tokens' (--seq)
+    lengths = (seq, seq) if pattern.layout.is_row_major else pattern.layout.lengths(seq, seq)
+    result = kernel.compile_for(target, *lengths, inputs=inputs)
     print(result.to_json() if args.json else result)
 
 

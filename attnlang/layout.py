@@ -181,7 +181,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     if pattern.route is not None and not routes_regions:
         raise AttnlangError(f"pattern '{pattern.name}' routes by content over blocks of tokens: only row-major is "
                             "supported for it")
-    replacements, ranges, valid = {}, {}, []
+    replacements, ranges, valid, real = {}, {}, [], {}
     for side, tiling, length in (("q", layout.q, seq_q), ("k", layout.k, seq_k)):
         replacements[ir.Var(f"n_{side}", INT)] = _const(length)
         if tiling is None:
@@ -192,6 +192,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
         replacements[ir.Var(side, INT)] = _flat(atoms, tiling.strides)
         coords = tiling.coordinates(ir.Var(side, INT))
         valid.append(tiling.valid(coords))
+        real[side] = valid[-1]
         replacements.update(zip(atoms, coords))
 
     def rewrite(expr: ir.Expr) -> ir.Expr:
@@ -201,7 +202,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
         return fold_constants(fold_linear(ir.substitute(on_atoms, atoms), {}))  # x // a // b -> x // (a*b)
 
     def laid_out(expr: ir.Expr) -> ir.Expr:
-        return _guarded_loads(rewrite(expr), _conjunction(valid))
+        return _guarded_loads(rewrite(expr), real)
 
     mask = fold_constants(_conjunction(valid + [laid_out(pattern.mask)]))
     # in the region layout each region is `block` contiguous tokens: it routes as plain blocks
@@ -212,14 +213,18 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
                    input_lengths=(seq_q, seq_k) if pattern.inputs else None)
 
 
-def _guarded_loads(expr: ir.Expr, valid: ir.Expr) -> ir.Expr:
-    """`expr` with each input index read as 0 at padding positions (not `valid`): a padding
-    position has no token, and every pair's index must be in range, masked or not."""
-    if valid == ir.TRUE:
-        return expr
-    kids = tuple(_guarded_loads(kid, valid) for kid in ir.children(expr))
+def _guarded_loads(expr: ir.Expr, real: dict[str, ir.Expr]) -> ir.Expr:
+    """`expr` with each input index read as 0 at padding positions: a padding position has no
+    token, and every pair's index must be in range, masked or not. `real`: per side ("q", "k")
+    whether its position is a token; an index is guarded by the sides it reads only, so that
+    `doc[q]` stays a load per row."""
+    kids = tuple(_guarded_loads(kid, real) for kid in ir.children(expr))
     if isinstance(expr, ir.Load):
-        return ir.Load(expr.input, ir.Select(valid, kids[0], _const(0), Type.INT), expr.span, expr.type)
+        read = {node.name for node in ir.walk(kids[0]) if isinstance(node, ir.Var)}
+        guard = _conjunction([real[side] for side in ("q", "k") if side in read and side in real
+                              and real[side] != ir.TRUE])
+        index = kids[0] if guard == ir.TRUE else ir.Select(guard, kids[0], _const(0), Type.INT)
+        return ir.Load(expr.input, index, expr.span, expr.type)
     return ir.replace_children(expr, kids) if kids else expr
 
 

@@ -367,9 +367,14 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         from .routing import check_schedule
         check_schedule(pattern, route_schedule)
         if pattern.route.query_block == 1 and route_schedule is None:
+            per_schedule = costs
+            if costs == "compiled":  # each schedule by its own kernels (the gathered ones where they fit)
+                fitting = ("gathered", "tiles") if _gathered_fits(block_map, batch, heads, head_dim, hw) else ("tiles",)
+                per_schedule = {schedule: _instructions(costs, pattern_or_blockmap, block_map, hw, head_dim, dtype,
+                                                        inputs, schedule) for schedule in fitting}
             route_schedule = route_schedule_for(block_map, heads, head_dim, dtype, batch, hw, backward,
                                                 placement=placement, compute_only=compute_only,
-                                                partial_as_full=partial_as_full, costs=costs)
+                                                partial_as_full=partial_as_full, costs=per_schedule)
         if route_schedule == "gathered":  # per token: the kept pairs tile-major, the chosen blocks gathered
             kinds, gathered = routed_kinds(block_map, kept_only=True), gathered_tiles(block_map, backward)
         else:
@@ -424,15 +429,21 @@ def route_schedule_for(block_map, heads: int | None = None, head_dim: int = 128,
     again for the backward's dQ slots), would take over a quarter of the device's memory."""
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     heads = block_map.heads if heads is None else heads
-    if hw.memory_gb is not None:
-        from .routing import gathered_workspace_bytes
-        workspace = gathered_workspace_bytes(block_map.pattern.route, block_map.seq_q, batch, heads, head_dim)
-        if workspace > hw.memory_gb * 1e9 / 4:
-            return "tiles"
+    if not _gathered_fits(block_map, batch, heads, head_dim, hw):
+        return "tiles"
+    costs = options.pop("costs", "model")  # as simulate's, or per schedule (a dict)
     times = {schedule: simulate(block_map, heads=heads, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hw,
-                                backward=backward, route_schedule=schedule, **options).time_ms
+                                backward=backward, route_schedule=schedule,
+                                costs=costs[schedule] if isinstance(costs, dict) else costs, **options).time_ms
              for schedule in ("gathered", "tiles")}
     return min(times, key=times.get)
+
+
+def _gathered_fits(block_map, batch: int, heads: int, head_dim: int, hw: Hardware) -> bool:
+    """Whether the gathered schedule's workspace takes at most a quarter of the device's memory."""
+    from .routing import gathered_workspace_bytes
+    workspace = gathered_workspace_bytes(block_map.pattern.route, block_map.seq_q, batch, heads, head_dim)
+    return hw.memory_gb is None or workspace <= hw.memory_gb * 1e9 / 4
 
 
 def tile_seconds(pattern: ir.PatternIR, hw: Hardware, block: tuple[int, int], head_dim: int = 128,
@@ -566,8 +577,12 @@ def _instructions(costs, source, block_map: BlockMap, hw: Hardware, head_dim: in
         raise AttnlangError(f"costs must be 'model', 'compiled' or a TileInstructions, got {costs!r}")
     if isinstance(source, BlockMap):
         raise AttnlangError("costs='compiled' compiles the pattern's kernels: pass the Pattern, not a BlockMap")
+    # the row-major kernel at the row-major lengths (its inputs' lengths): a layout changes only
+    # per-row position arithmetic in the tile loop
+    laid_out = block_map.layout is not None and not block_map.layout.is_row_major
+    seq_q, seq_k = block_map.layout_lengths if laid_out else (block_map.seq_q, block_map.seq_k)
     return compiled_instructions(source, hw, (block_map.block_q, block_map.block_k), head_dim, dtype,
-                                 block_map.seq_q, inputs, block_map.seq_k, route_schedule)
+                                 seq_q, inputs, seq_k, route_schedule)
 
 
 def _launch_order(per_row: np.ndarray, batch: int, heads: int, map_heads: int) -> np.ndarray:

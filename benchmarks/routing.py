@@ -6,9 +6,12 @@ schedules per-token routing can take (tile-major, and key-block-major: gathered)
     python benchmarks/routing.py --smoke         # tiny shapes on CPU (Triton interpreter), plumbing only
     python benchmarks/routing.py --schedules     # CPU: tiles each schedule visits, selections by the reference
     python benchmarks/routing.py --simulate      # CPU: the simulator's routed bound, both schedules, H100
+    python benchmarks/routing.py --tables        # CPU: peak memory and time of the tile-major tables
+                                                 #   (--previous COMMIT: that version's beside)
 
 Selection memory is the peak CUDA allocation during the selection stage above what was
-allocated before it (the pooled keys and queries and the chosen indices); a units x blocks
+allocated before it (the pooled keys and queries and the chosen indices), and the tile-major
+tables' likewise (`tables_bytes`, with `tables_ms`); a units x blocks
 score matrix, which the stage never stores, is reported beside it for scale. Per-token
 patterns are timed on both schedules (`compile(route_schedule=)`), with the gathered forward's
 peak memory (its partial outputs). Writes benchmarks/results/routing.json (or --out).
@@ -20,7 +23,7 @@ import sys
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
-if SMOKE or "--schedules" in sys.argv:
+if SMOKE or "--schedules" in sys.argv or "--tables" in sys.argv or "--tables-one" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before torch imports triton
 
 import numpy as np  # noqa: E402
@@ -80,13 +83,15 @@ def measure(name, seq, heads, head_dim, dtype, device, block, repeats, smoke):
     memory, chosen = _peak_bytes(device, lambda: module.select(q, k, {}, maps["candidates"]))
     units, blocks = -(-seq // route.query_block), -(-seq // route.block)
     kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], seq, seq, heads, kernel.block_m, kernel.block_n)
+    build_tables = lambda: module.routed_tile_tables(chosen, maps["static"], maps["kept"], seq, seq, heads,  # noqa: E731
+                                                     kernel.block_m, kernel.block_n)
     timing = dict(device=device, repeat=repeats)
     row = {
         "pattern": pattern.label, "seq": seq, "heads": heads, "heads_kv": heads_kv, "head_dim": head_dim,
         "dtype": str(dtype).replace("torch.", ""), "block": [kernel.block_m, kernel.block_n],
         "selection_ms": median_milliseconds(lambda: module.select(q, k, {}, maps["candidates"]), **timing),
-        "tables_ms": median_milliseconds(lambda: module.tables_of(module.routed_kinds(
-            chosen, maps["static"], maps["kept"], seq, seq, heads, kernel.block_m, kernel.block_n)), **timing),
+        "tables_ms": median_milliseconds(build_tables, **timing),  # the tile-major tables, as the kernel builds them
+        "tables_bytes": _peak_bytes(device, build_tables)[0],
         "selection_bytes": memory,
         "chosen_bytes": chosen.numel() * chosen.element_size(),
         "score_matrix_bytes": units * blocks * heads * 4,  # float32 scores a materialising stage would hold
@@ -145,6 +150,126 @@ def schedules(seq, block, top, tile, data, seed=0, heads=2, head_dim=64):
             "static_tiles": int((maps["static"] != 0).sum()) * heads}
 
 
+TABLE_PATTERNS = {"moba_blocks": {"block": 512, "top": 3}, "nsa_selected": {"block": 64, "top": 13},
+                  "quest": {"page": 16, "top": 64}}
+
+
+def _drawn_selection(route, seq, heads, top, generator):
+    """A selection of `top` distinct earlier blocks per unit, drawn uniformly (duplicates drop to
+    none): what a causal routing over random keys picks, without scoring anything."""
+    units = -(-seq // route.query_block)
+    own = torch.arange(units) * route.query_block // route.block  # the unit's own (kept) block
+    drawn = (torch.rand(1, heads, units, top, generator=generator) * own[:, None]).long()
+    drawn, _ = torch.sort(drawn, dim=-1)
+    repeated = torch.zeros_like(drawn, dtype=torch.bool)
+    repeated[..., 1:] = drawn[..., 1:] == drawn[..., :-1]
+    return torch.where(repeated | (own[:, None] == 0), -1, drawn).to(torch.int32)
+
+
+TRIMMED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # big blocks are mapped and unmapped: resident = allocated
+
+
+class _ResidentPeak:
+    """The peak resident memory of this process while the block runs, above what it held before:
+    sampled every millisecond from /proc (torch's CPU kernels release the GIL), after returning
+    freed memory to the system."""
+
+    def __enter__(self):
+        import ctypes
+        import threading
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.base = self.peak = self._resident()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self._resident())
+        self.bytes = self.peak - self.base
+
+    def _sample(self):
+        import time
+        while self.running:
+            self.peak = max(self.peak, self._resident())
+            time.sleep(0.001)
+
+    @staticmethod
+    def _resident():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def table_memory(name, seq, heads, builder):
+    """Peak resident memory (above the inputs) and time of one table build on this CPU, in this
+    process: "entries" (the kernels' sparse tables) or "tile_map" (a dense tile map per head and its
+    tables, as FlexAttention's BlockMask holds them)."""
+    import time
+
+    from attnlang.codegen.runtime import load_module
+    from attnlang.codegen.template import standalone_source
+    from attnlang.routing import kernel_maps
+    pattern = lookup(name).bind(**TABLE_PATTERNS[name])
+    tile = (64, 64)
+    if os.environ.get("ATTNLANG_TEMPLATE"):  # another version's kernel template (a comparison)
+        import attnlang.codegen.template
+        attnlang.codegen.template.TEMPLATE = Path(os.environ["ATTNLANG_TEMPLATE"])
+    module = load_module(standalone_source(pattern.ir, tile), "tables_" + pattern.slug, interpret=True)
+    block_map = pattern.analyze(seq, heads=heads, block=tile)
+    maps = {key: torch.from_numpy(np.ascontiguousarray(kinds))[None]
+            for key, kinds in kernel_maps(block_map, module.ROUTE_UNITS).items() if key != "candidates"}
+    chosen = _drawn_selection(pattern.ir.route, seq, heads, module.ROUTE["top"], torch.Generator().manual_seed(0))
+    with _ResidentPeak() as peak:
+        started = time.perf_counter()
+        if builder == "entries":
+            tables = module.routed_tile_tables(chosen, maps["static"], maps["kept"], seq, seq, heads, *tile)
+        else:
+            kinds = module.routed_kinds(chosen, maps["static"], maps["kept"], seq, seq, heads, *tile)
+            tables = module.tables_of(kinds)
+            del kinds
+        seconds = time.perf_counter() - started
+    table_bytes = sum(t.numel() * t.element_size() for d in ("forward", "backward") for pair in tables[d] for t in pair)
+    (full_num, runs), (partial_num, _) = tables["forward"]
+    listed = torch.arange(runs.shape[-2]) < full_num[..., None]  # a row's entries past its count are padding
+    visited = int(partial_num.sum()) + int(torch.where(listed, runs[..., 1], 0).sum())
+    return {"pattern": pattern.label, "seq": seq, "heads": heads, "tile": list(tile), "builder": builder,
+            "peak_bytes_above_inputs": peak.bytes, "table_bytes": table_bytes, "chosen_bytes": chosen.numel() * 4,
+            "visited_tiles": visited, "seconds": seconds}
+
+
+def tables(lengths=(16384, 65536, 131072), heads=16, previous=None):
+    """`table_memory` of each builder, each in a fresh process (the peak is the process's; glibc
+    maps every block past 64 KB, so freed memory leaves the resident set at once). `previous`: a
+    commit whose kernel template's own tables ("tile_map" there) are measured beside, as
+    "previous"."""
+    import json
+    import subprocess
+    import tempfile
+    builders = [("entries", {}), ("tile_map", {})]
+    if previous:
+        template = Path(tempfile.mkdtemp()) / "kernel_template.py"
+        template.write_text(subprocess.run(["git", "show", f"{previous}:codegen/kernel_template.py"], check=True,
+                                           capture_output=True, text=True, cwd=Path(__file__).parent).stdout)
+        builders.append(("previous", {"ATTNLANG_TEMPLATE": str(template)}))
+    rows = []
+    for name in TABLE_PATTERNS:
+        for seq in lengths:
+            for label, env in builders:
+                builder = "tile_map" if label == "previous" else label
+                done = subprocess.run([sys.executable, __file__, "--tables-one", json.dumps([name, seq, heads, builder])],
+                                      capture_output=True, text=True, env=os.environ | TRIMMED_MALLOC | env)
+                if done.returncode:
+                    rows.append({"pattern": name, "seq": seq, "heads": heads, "builder": label,
+                                 "failed": done.stderr.strip().splitlines()[-1]})
+                else:
+                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"builder": label})
+                if label == "previous":
+                    rows[-1]["commit"] = previous
+                print(rows[-1])
+    return rows
+
+
 SIMULATED = ("moba", "moba_blocks", "nsa_selected", "quest", "biformer", "vmoba", "causal")
 
 
@@ -175,9 +300,20 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--schedules", action="store_true")
     parser.add_argument("--simulate", action="store_true")
+    parser.add_argument("--tables", action="store_true")
+    parser.add_argument("--previous", help="with --tables: a commit whose tile-major tables are measured beside")
+    parser.add_argument("--tables-one", help=argparse.SUPPRESS)  # one measurement, in its own process
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.tables_one:
+        import json
+        print(json.dumps(table_memory(*json.loads(args.tables_one))))
+        return
     payload = {"environment": environment()}
+    if args.tables:
+        payload["tables"] = tables(previous=args.previous)
+        write_json("routing_tables", payload, args.out)
+        return
     if args.simulate:
         payload["simulated"] = simulated()
         write_json("routing_simulated", payload, args.out)

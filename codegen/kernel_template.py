@@ -641,10 +641,10 @@ def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=
 # `route_select` scores each query unit's candidate blocks (mask AND NOT keep has a pair there)
 # against the summaries and keeps the best ROUTE["top"] in registers while it streams over the
 # key blocks, so no units x blocks score matrix is ever stored (memory: units x top indices);
-# then either `routed_kinds` turns the chosen blocks into the tile map whose tables the kernels
-# walk (tile-major), or `gathered_lists` regroups them by key block for the gathered kernels
-# (below). The selection is not differentiated: gradients flow through the attention of the
-# chosen blocks.
+# then either `routed_entries` lists the tiles the chosen blocks reach, whose tables the kernels
+# walk (tile-major; sorted lists of O(units x top) entries, never a tile map per head), or
+# `gathered_lists` regroups them by key block for the gathered kernels (below). The selection is
+# not differentiated: gradients flow through the attention of the chosen blocks.
 
 POOLS = {"mean": 0, "max": 1, "last": 2, "min": 3}
 NONE_CHOSEN = tl.constexpr(-1)  # a unit with fewer candidates than top: its remaining slots
@@ -908,41 +908,179 @@ def _overlaps(length, tile, unit):
     return last // unit - first // unit + 1
 
 
-def routed_kinds(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
-    """The tile map (B, H, tiles_m, tiles_n) of one selection: a tile is visited where the static
-    map has pairs and a chosen block reaches it or keep has pairs; FULL where the static tile is
-    FULL and every (unit, block) pair over it was chosen, or where keep allows all of it.
-    `static`, `kept`: tile kinds of the mask and of mask AND keep (FULL only inside the lengths),
-    broadcastable to (B, H, tiles_m, tiles_n). Memory: the chosen blocks and a count per (tile
-    row, key block), never a units x blocks matrix."""
-    batch, shared, units, top = chosen.shape
+def _summed(keys, weights=None, space=None):
+    """The distinct keys, ascending, and per key the sum of its weights (its count without
+    weights), the same on every run: a count over the keys' `space` (0 <= key < space) where it
+    is not much larger than the keys, else a sort and a prefix sum."""
+    if space is not None and space <= 4 * keys.numel():
+        counts = torch.bincount(keys, minlength=space)
+        distinct = torch.nonzero(counts).flatten()
+        if weights is None:
+            return distinct, counts[distinct]
+        return distinct, torch.zeros_like(counts).scatter_add_(0, keys, weights)[distinct]
+    keys, order = torch.sort(keys)
+    last = torch.ones_like(keys, dtype=torch.bool)
+    last[:-1] = keys[1:] != keys[:-1]
+    if weights is None:
+        totals = torch.nonzero(last).flatten() + 1
+    else:
+        totals = torch.cumsum(weights[order], 0)[last]
+    return keys[last], torch.diff(totals, prepend=totals.new_zeros(1))
+
+
+def _spans(unit, tile):
+    """The most tiles of `tile` positions that `unit` consecutive positions overlap."""
+    return (unit + tile - 2) // tile + 1
+
+
+def _chosen_hits(groups, seq_q, seq_k, block_m, block_n):
+    """The tiles the chosen blocks of `groups` (selections, units, top) reach, as keys (group *
+    tiles_m + row) * tiles_n + column, ascending, and per tile how many chosen (unit, block) pairs
+    lie over it: counted per (tile row, block), then per tile, both as sorted lists."""
+    count, units, top = groups.shape
     qblock, block = ROUTE["qblock"], ROUTE["block"]
     tiles_m, tiles_n, blocks = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n), triton.cdiv(seq_k, block)
-    device = chosen.device
-    chosen = chosen.to(torch.int64).repeat_interleave(heads // shared, dim=1)
-    # per (tile row, key block): how many of the units over the row chose the block (once each)
+    device = groups.device
+    # (unit, block) -> (tile row, block), for each tile row the unit overlaps
     unit = torch.arange(units, device=device)
-    rows = (unit * qblock // block_m)[:, None] + torch.arange((qblock + block_m - 2) // block_m + 1, device=device)
-    rows_ok = rows <= ((torch.clamp((unit + 1) * qblock, max=seq_q) - 1) // block_m)[:, None]
-    slots = rows[None, None, :, None, :] * blocks + chosen[..., None]  # (B, H, units, top, rows)
-    outside = tiles_m * blocks  # one slot past the counts takes what lies off them
-    slots = torch.where(rows_ok[None, None, :, None, :] & (chosen >= 0)[..., None], slots, outside)
-    counts = torch.zeros((batch, heads, outside + 1), dtype=torch.int32, device=device)
-    counts.scatter_add_(2, slots.reshape(batch, heads, -1),
-                        torch.ones(1, dtype=torch.int32, device=device).expand(batch, heads, slots[0, 0].numel()))
-    counts = counts[..., :outside].view(batch, heads, tiles_m, blocks)
-    # per tile: the chosen (unit, block) pairs over it, summed over the blocks its columns overlap
-    column = torch.arange(tiles_n, device=device)
-    first = column * block_n // block
-    last = (torch.clamp((column + 1) * block_n, max=seq_k) - 1) // block
-    hits = torch.zeros((batch, heads, tiles_m, tiles_n), dtype=torch.int32, device=device)
-    for step in range((block_n + block - 2) // block + 1):
-        over = counts.index_select(3, torch.clamp(first + step, max=blocks - 1))
-        hits += torch.where(first + step <= last, over, 0)
-    needed = (_overlaps(seq_q, block_m, qblock)[:, None] * _overlaps(seq_k, block_n, block)[None, :]).to(device)
-    reached = (static != 0) & ((hits > 0) | (kept != 0))
-    full = (static == 2) & ((hits == needed) | (kept == 2))
-    return torch.where(reached, torch.where(full, 2, 1), 0).to(torch.int8)
+    last_row = (torch.clamp((unit + 1) * qblock, max=seq_q) - 1) // block_m
+    rows = (unit * qblock // block_m)[:, None] + torch.arange(_spans(qblock, block_m), device=device)
+    group = torch.arange(count, device=device).view(count, 1, 1, 1)
+    keys = (group * tiles_m + rows[None, :, None, :]) * blocks + groups[..., None].to(torch.int64)
+    live = (rows <= last_row[:, None])[None, :, None, :] & (groups >= 0)[..., None]
+    row_blocks, counts = _summed(keys[live], space=count * tiles_m * blocks)
+    # (tile row, block) -> (tile row, tile column), for each tile column the block overlaps
+    row, chosen = row_blocks // blocks, row_blocks % blocks
+    last_column = (torch.clamp((chosen + 1) * block, max=seq_k) - 1) // block_n
+    columns = (chosen * block // block_n)[:, None] + torch.arange(_spans(block, block_n), device=device)
+    live = columns <= last_column[:, None]
+    return _summed((row[:, None] * tiles_n + columns)[live], counts[:, None].expand_as(columns)[live],
+                   count * tiles_m * tiles_n)
+
+
+def _kept_keys(static, kept, batch, heads, tiles_m, tiles_n):
+    """The tiles where mask AND keep has pairs, for every (b, h) their map serves, as sorted keys
+    ((b * heads + h) * tiles_m + row) * tiles_n + column."""
+    map_batch, map_heads = static.shape[:2]
+    map_b, map_h, row, column = torch.nonzero((kept != 0) & (static != 0)).unbind(1)
+    b = map_b if map_batch > 1 else torch.arange(batch, device=static.device)[:, None, None]
+    h = map_h if map_heads > 1 else torch.arange(heads, device=static.device)[:, None]
+    return torch.sort((((b * heads + h) * tiles_m + row) * tiles_n + column).flatten())[0]
+
+
+# tile entries built at once, at most (a chunk of heads): about 40 bytes of int64 temporaries
+# each; a GPU takes larger chunks, since each chunk syncs with the host a few times
+ENTRY_CHUNK = {"cpu": 1 << 20, "cuda": 1 << 23}
+
+
+def routed_entries(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
+    """The tiles one selection visits, a chunk of heads at a time, as (first head, heads, keys,
+    kinds): keys (head - first) * tiles + row * tiles_n + column ascending, heads counted b *
+    heads + h. A tile is visited where the static map has pairs and a chosen block reaches it or
+    keep has pairs; FULL where the static tile is FULL and every (unit, block) pair over it was
+    chosen, or where keep allows all of it. `static`, `kept`: tile kinds of the mask and of mask
+    AND keep (FULL only inside the lengths), (map batch, map heads, tiles_m, tiles_n) each,
+    broadcastable to one another (keep may read h where the mask does not). Memory: O(units *
+    top) entries and the kept tiles, never a tile map per head."""
+    batch, shared, units, top = chosen.shape
+    share, device = heads // shared, chosen.device
+    static, kept = (maps.contiguous() for maps in torch.broadcast_tensors(static, kept))
+    tiles_m, tiles_n = triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
+    per_head = tiles_m * tiles_n
+    map_batch, map_heads = static.shape[:2]
+    kept_keys = _kept_keys(static, kept, batch, heads, tiles_m, tiles_n)
+    groups = chosen.reshape(batch * shared, units, top)
+    # entries one selection builds: its (unit, block, tile row, tile column) reaches at most, and
+    # the tiles of the heads it serves
+    reach = units * top * _spans(ROUTE["qblock"], block_m) * _spans(ROUTE["block"], block_n)
+    budget = ENTRY_CHUNK.get(device.type, ENTRY_CHUNK["cpu"])
+    step = max(1, budget // (reach + share * min(reach, per_head)))  # selections a chunk takes
+    starts = range(0, batch * shared, step)
+    bounds = torch.tensor([start * share * per_head for start in starts] + [batch * heads * per_head], device=device)
+    bounds = torch.searchsorted(kept_keys, bounds).tolist()  # where each chunk's kept tiles begin
+    for i, start in enumerate(starts):
+        part = groups[start:start + step]
+        first, count = start * share, part.shape[0] * share
+        group_keys, hits = _chosen_hits(part, seq_q, seq_k, block_m, block_n)
+        # a shared selection serves `share` heads: its group g serves heads g * share + j
+        group, tile = group_keys // per_head, group_keys % per_head
+        chosen_keys = ((group * share)[:, None] + torch.arange(share, device=device)) * per_head + tile[:, None]
+        kept_part = kept_keys[bounds[i]:bounds[i + 1]] - first * per_head
+        keys, hits = _summed(torch.cat([chosen_keys.flatten(), kept_part]),
+                             torch.cat([hits.repeat_interleave(share), hits.new_zeros(kept_part.numel())]),
+                             count * per_head)
+        head, tile = first + keys // per_head, keys % per_head
+        row, column = tile // tiles_n, tile % tiles_n
+        map_tile = (((head // heads % map_batch) * map_heads + head % heads % map_heads) * tiles_m + row) * tiles_n \
+            + column
+        static_kind, kept_kind = static.flatten()[map_tile], kept.flatten()[map_tile]
+        needed = (_overlaps(seq_q, block_m, ROUTE["qblock"]).to(device)[row] *
+                  _overlaps(seq_k, block_n, ROUTE["block"]).to(device)[column])
+        full = (static_kind == 2) & ((hits == needed) | (kept_kind == 2))
+        reached = static_kind != 0  # each key is a tile a chosen block reaches, or a kept one
+        yield first, count, keys[reached], torch.where(full, 2, 1).to(torch.int8)[reached]
+
+
+def routed_kinds(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
+    """The tile map (B, H, tiles_m, tiles_n) of one selection, dense (`routed_entries`: for a
+    FlexAttention BlockMask and the benchmarks; the kernels' tables never build it)."""
+    shape = (chosen.shape[0], heads, triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n))
+    tiles = torch.zeros(math.prod(shape), dtype=torch.int8, device=chosen.device)
+    for first, _, keys, kinds in routed_entries(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
+        tiles[first * shape[2] * shape[3] + keys] = kinds
+    return tiles.view(shape)
+
+
+def _listed(rows, values, n_rows):
+    """Per row, the count and the values of entries sorted by row: (n_rows,) and (n_rows, width)."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    table = torch.zeros((n_rows, max(int(counts.max()), 1)), dtype=torch.int32, device=rows.device)
+    within = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    table[rows, within] = values.to(torch.int32)
+    return counts.to(torch.int32), table
+
+
+def _entry_tables(rows, columns, kinds, n_rows):
+    """`_kernel_tables` of tiles given as entries sorted by (row, column): FULL runs, PARTIAL indices."""
+    full_rows, full_columns = rows[kinds == 2], columns[kinds == 2]
+    begins = torch.ones_like(full_rows, dtype=torch.bool)
+    begins[1:] = (full_rows[1:] != full_rows[:-1]) | (full_columns[1:] != full_columns[:-1] + 1)
+    begins = torch.nonzero(begins).flatten()
+    lengths = torch.diff(begins, append=begins.new_full((1,), full_rows.numel()))
+    full_num, firsts = _listed(full_rows[begins], full_columns[begins], n_rows)
+    runs = torch.stack([firsts, _listed(full_rows[begins], lengths, n_rows)[1]], dim=-1)
+    return [(full_num, runs), _listed(rows[kinds == 1], columns[kinds == 1], n_rows)]
+
+
+def _entries_tables(keys, kinds, heads, tiles_m, tiles_n):
+    """Forward and backward tables, rows flat, of the sorted tile entries of `heads` heads."""
+    head, tile = keys // (tiles_m * tiles_n), keys % (tiles_m * tiles_n)
+    row, column = tile // tiles_n, tile % tiles_n
+    transposed, order = torch.sort((head * tiles_n + column) * tiles_m + row)
+    return {"forward": _entry_tables(head * tiles_m + row, column, kinds, heads * tiles_m),
+            "backward": _entry_tables(transposed // tiles_m, transposed % tiles_m, kinds[order], heads * tiles_n)}
+
+
+def _joined(tensors, shape):
+    """Row chunks of one table, padded to the widest and joined, as (B, H, tiles, ...)."""
+    width = max(t.shape[1] for t in tensors) if tensors[0].dim() > 1 else 0
+    padded = [torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]) if t.dim() > 1 else t
+              for t in tensors]
+    joined = torch.cat(padded)
+    return joined.view(*shape, *joined.shape[1:])
+
+
+def routed_tile_tables(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
+    """The kernels' forward and backward tables (as `tables_of`) of one selection, from its tile
+    entries a chunk of heads at a time: memory beyond the tables is a chunk's, never a tile map."""
+    batch, tiles_m, tiles_n = chosen.shape[0], triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
+    chunks = [_entries_tables(keys, kinds, count, tiles_m, tiles_n) for _, count, keys, kinds in
+              routed_entries(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n)]
+    tables = {"map_batch": batch, "map_heads": heads}
+    for direction, tiles in (("forward", tiles_m), ("backward", tiles_n)):
+        tables[direction] = [tuple(_joined([chunk[direction][t][i] for chunk in chunks], (batch, heads, tiles))
+                                   for i in range(2)) for t in range(2)]
+    return tables
 
 
 def routed_tables(q, k, inputs, maps, block_m, block_n, schedule=None):
@@ -961,8 +1099,8 @@ def routed_tables(q, k, inputs, maps, block_m, block_n, schedule=None):
         lists = gathered_lists(chosen, triton.cdiv(k.shape[2], ROUTE["block"]), block_m)
         kept = maps["kept_tables"] if "kept_tables" in maps else tables_of(maps["kept"])  # cached by a caller
         return kept | {"chosen": chosen, "gathered": lists}
-    kinds = routed_kinds(chosen, maps["static"], maps["kept"], seq_q, k.shape[2], heads, block_m, block_n)
-    return tables_of(kinds) | {"chosen": chosen}
+    tables = routed_tile_tables(chosen, maps["static"], maps["kept"], seq_q, k.shape[2], heads, block_m, block_n)
+    return tables | {"chosen": chosen}
 
 
 def route_maps(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=BLOCK[1], batch=1):

@@ -180,15 +180,16 @@ class AttentionKernel:
         """The kernels' block tables on `device`, cached per lengths, inputs, batch and heads."""
         heads = heads or self.heads or 1
         key = (seq_q, seq_k, _inputs_key(inputs), batch, str(device), heads)
-        if key not in self._tables:
+        tables = self._tables.get(key)
+        if tables is None:
             maps = self.block_maps(seq_q, seq_k, inputs, batch, heads)
-            self._tables[key] = {
+            tables = self._tables[key] = {
                 direction: [_stack([m.kernel_tables[direction][kind] for m in maps], device) for kind in (0, 1)]
                 for direction in ("forward", "backward")} | {
                 "map_batch": len(maps),
                 "map_heads": maps[0].shape[0],
             }
-        return self._tables[key]
+        return tables
 
     def route_maps(self, seq_q: int, seq_k: int, inputs, batch: int, device, heads: int | None = None):
         """A routed pattern's candidate kinds and the tile kinds of its mask and of mask AND keep,
@@ -199,14 +200,15 @@ class AttentionKernel:
         by = self.pattern.ir.route.by  # the scores change every step; the maps do not read them
         key = (seq_q, seq_k, _inputs_key({n: v for n, v in (inputs or {}).items() if n != by}), batch, str(device),
                heads)
-        if key not in self._route_maps:
+        route_maps = self._route_maps.get(key)
+        if route_maps is None:
             unit_rows = self._module(device).ROUTE_UNITS
             maps = [kernel_maps(m, unit_rows) for m in self.block_maps(seq_q, seq_k, inputs, batch, heads)]
-            self._route_maps[key] = {name: torch.from_numpy(np.stack([m[name] for m in maps])).to(device)
-                                     for name in maps[0]}
+            route_maps = {name: torch.from_numpy(np.stack([m[name] for m in maps])).to(device) for name in maps[0]}
             if self.pattern.ir.route.query_block == 1:  # a gathered launch's tile-map half reads them every call
-                self._route_maps[key]["kept_tables"] = self._module(device).tables_of(self._route_maps[key]["kept"])
-        return self._route_maps[key]
+                route_maps["kept_tables"] = self._module(device).tables_of(route_maps["kept"])
+            self._route_maps[key] = route_maps
+        return route_maps
 
     def selection(self, q, k, inputs=None):
         """A routed pattern's selection for q and k, made by the device stage the kernel runs:
@@ -248,12 +250,14 @@ class AttentionKernel:
         batch, heads, seq_q, head_dim = q.shape
         unscored = {name: value for name, value in (inputs or {}).items() if name != route.by}  # as route_maps
         key = (seq_q, k.shape[2], batch, heads, head_dim, q.dtype, _inputs_key(unscored))  # the map reads no scores
-        if key not in self._schedules:
+        schedule = self._schedules.get(key)
+        if schedule is None:
             from attnlang.simulator import route_schedule_for
             block_map = self.pattern.analyze(seq_q, k.shape[2], heads, (self.block_m, self.block_n), inputs)
             dtype = {torch.float32: "fp32", torch.float16: "fp16"}.get(q.dtype, "bf16")
-            self._schedules[key] = route_schedule_for(block_map, heads, head_dim, dtype, batch, self.hardware)
-        return self._schedules[key]
+            schedule = self._schedules[key] = route_schedule_for(block_map, heads, head_dim, dtype, batch,
+                                                                 self.hardware)
+        return schedule
 
     # -- running ----------------------------------------------------------------------
 
@@ -332,21 +336,17 @@ class AttentionKernel:
 
 
 class _Recent(collections.OrderedDict):
-    """A cache of the most recently used `limit` entries: tables are keyed by the inputs' values,
-    which a training loop changes every step (documents), so an unbounded cache would grow with
-    every batch; a few lengths and inputs stay."""
+    """A cache of the `limit` entries made last: tables are keyed by the inputs' values, which a
+    training loop changes every step (documents), so an unbounded cache would grow with every
+    batch; a few lengths and inputs stay. Read it with `get` (an entry may leave between `in`
+    and `[]`)."""
 
     def __init__(self, limit: int = 16):
         super().__init__()
         self.limit = limit
 
-    def __getitem__(self, key):
-        self.move_to_end(key)
-        return super().__getitem__(key)
-
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
-        self.move_to_end(key)
         while len(self) > self.limit:
             self.popitem(last=False)
 

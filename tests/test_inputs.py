@@ -61,10 +61,10 @@ def test_the_exported_mods_read_the_floats(weighted):
     torch.testing.assert_close(out, weighted.reference_attention(q, k, v, inputs={"w": w}), rtol=1e-9, atol=1e-9)
 
 
-def assert_kernel_matches_the_reference(pattern, inputs, gen, seq=70):
+def assert_kernel_matches_the_reference(pattern, inputs, gen, seq=70, **options):
     """The kernel's output and dq, dk, dv against the float64 reference, on these inputs."""
     q, k, v = (torch.randn(1, 2, seq, 16, generator=gen, requires_grad=True) for _ in range(3))
-    out = pattern.compile(block=16)(q, k, v, inputs=inputs)
+    out = pattern.compile(block=16, **options)(q, k, v, inputs=inputs)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad)
     qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
@@ -236,14 +236,14 @@ REGIONS_WITH_INPUTS = """pattern r(top = 2) {
 
 
 @needs_interpreter
-@pytest.mark.parametrize("qblock", ["", ", qblock = 1"])
-def test_grid_regions_route_with_inputs_in_token_order(qblock):
+@pytest.mark.parametrize("qblock, schedule", [("", None), (", qblock = 1", "gathered"), (", qblock = 1", "tiles")])
+def test_grid_regions_route_with_inputs_in_token_order(qblock, schedule):
     """The region layout permutes q, k and v; the inputs stay in token order, read at each
     position's token, in the mask, the bias and the routing's keep."""
     pattern = attnlang.parse(REGIONS_WITH_INPUTS.replace("(4, 4),", "(4, 4)" + qblock + ","))["r"]
     gen = torch.Generator().manual_seed(3)
     inputs = {"d": (torch.arange(96) >= 40).long(), "w": torch.randn(96, generator=gen, dtype=torch.float64)}
-    assert_kernel_matches_the_reference(pattern, inputs, gen, seq=96)
+    assert_kernel_matches_the_reference(pattern, inputs, gen, seq=96, route_schedule=schedule)
     mask = pattern.reference_mask(96, 96, 2, inputs=inputs, q=torch.randn(1, 2, 96, 8), k=torch.randn(1, 2, 96, 8))
     assert not mask[:, :40, 40:].any() and not mask[:, 40:, :40].any()  # the documents, in token order
 

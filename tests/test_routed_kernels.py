@@ -8,6 +8,7 @@ own selection. Integer-valued tensors make scores exact in both, so there the se
 must be equal, ties (to the lower block) included.
 """
 
+import itertools
 import math
 
 import pytest
@@ -159,6 +160,17 @@ def test_the_gathered_schedule_matches_the_reference_through_the_lse(source, blo
     check_kernel(pattern, q, k, v, block=tile, schedule="gathered", through_lse=True)
 
 
+@pytest.mark.parametrize("qblock, schedule", [("", None), (", qblock = 1", "tiles"), (", qblock = 1", "gathered")])
+def test_a_keep_that_reads_the_head_where_the_mask_does_not(qblock, schedule):
+    """The kept tiles differ per head while the mask's map is one for all: each head keeps its own."""
+    pattern = routed(f"""pattern r() {{
+    mask q >= k
+    route topk(1, block = 16{qblock}, keep = h % 2 == 0 and q // 32 == k // 32)
+}}""")
+    q, k, v = tensors(7, 1, 2, 2, 64)
+    check_kernel(pattern, q, k, v, block=16, schedule=schedule)
+
+
 @pytest.mark.parametrize("pool, per_token", [("mean", False), ("max", True), ("minmax", False), ("last", True),
                                              ("mean", True)])
 def test_exact_ties_go_to_the_lower_block_as_in_the_reference(pool, per_token):
@@ -305,3 +317,101 @@ def test_the_gathered_lists_give_every_choice_to_exactly_one_program_of_its_bloc
             assert entries.tolist() == sorted(entries.tolist())
             seen += entries.tolist()
         assert sorted(seen) == torch.nonzero(choices >= 0).flatten().tolist()  # every choice once
+
+
+def tile_lists_by_loops(chosen, static, kept, seq_q, seq_k, heads, tile_m, tile_n, qblock, block):
+    """Per (b, h, tile row): the FULL and the PARTIAL tile columns a selection visits, and per (b,
+    h, tile column) the tile rows, by the rule written out tile by tile: visited where the static
+    tile has pairs and a chosen block reaches it or keep has pairs; FULL where the static tile is
+    FULL and every (unit, block) pair over it was chosen, or keep allows all of it."""
+    batch, shared, units, top = chosen.shape
+    tiles_m, tiles_n = -(-seq_q // tile_m), -(-seq_k // tile_n)
+    forward, backward = {}, {}
+    for b in range(batch):
+        for h in range(heads):
+            picked = [set(row) - {-1} for row in chosen[b, h // (heads // shared)].tolist()]
+            for r in range(tiles_m):
+                q_units = range(r * tile_m // qblock, (min((r + 1) * tile_m, seq_q) - 1) // qblock + 1)
+                for n in range(tiles_n):
+                    k_blocks = range(n * tile_n // block, (min((n + 1) * tile_n, seq_k) - 1) // block + 1)
+                    kind = int(static[b % static.shape[0], h % static.shape[1], r, n])
+                    keep = int(kept[b % kept.shape[0], h % kept.shape[1], r, n])
+                    hits = sum(c in picked[u] for u in q_units for c in k_blocks)
+                    if kind == 0 or (hits == 0 and keep == 0):
+                        continue
+                    full = kind == 2 and (hits == len(q_units) * len(k_blocks) or keep == 2)
+                    forward.setdefault((b, h, r), ([], []))[0 if full else 1].append(n)
+                    backward.setdefault((b, h, n), ([], []))[0 if full else 1].append(r)
+    return forward, backward
+
+
+def listed_tiles(tables, direction):
+    """A table's rows as {(b, h, row): (FULL columns, PARTIAL columns)}, runs expanded."""
+    (full_num, runs), (partial_num, partial) = tables[direction]
+    rows = {}
+    for (b, h, row) in itertools.product(*map(range, full_num.shape)):
+        full = [first + i for first, count in runs[b, h, row, :full_num[b, h, row]].tolist() for i in range(count)]
+        listed = (full, partial[b, h, row, :partial_num[b, h, row]].tolist())
+        if listed != ([], []):
+            rows[(b, h, row)] = listed
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 2), heads_share=st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)]),
+       seq_q=st.integers(1, 130), seq_k=st.integers(1, 130), qblock=st.sampled_from([1, 8, 12, 40]),
+       block=st.sampled_from([8, 12, 16, 40]), top=st.integers(1, 4), tile=st.sampled_from([(16, 16), (32, 16)]),
+       per_map=st.sampled_from([(1, 1), (1, 0), (0, 1), (0, 0)]), kept_per_head=st.booleans(),
+       chunk=st.sampled_from([1, 40, 1 << 20]), unchosen=st.sampled_from([0.2, 0.9]), seed=st.integers(0, 999))
+def test_the_tile_major_tables_list_the_tiles_the_selection_reaches(batch, heads_share, seq_q, seq_k, qblock, block,
+                                                                    top, tile, per_map, kept_per_head, chunk,
+                                                                    unchosen, seed):
+    """The sparse tables (built a chunk of heads at a time, no tile map) against the rule, tile
+    by tile; and the dense tile map the BlockMask export reads says the same."""
+    from attnlang.codegen.runtime import load_module
+    from attnlang.codegen.template import standalone_source
+    module = load_module(standalone_source(attnlang.stdlib()["moba"].bind(block=16, top=2).ir, (16, 16)),
+                         "routed_tables_standalone", interpret=True)
+    heads, share = heads_share
+    gen = torch.Generator().manual_seed(seed)
+    units, blocks = -(-seq_q // qblock), -(-seq_k // block)
+    distinct = torch.argsort(torch.rand(batch, heads // share, units, max(blocks, top), generator=gen), dim=-1)
+    dropped = torch.rand(distinct[..., :top].shape, generator=gen) < unchosen  # sparse selections show keep's tiles
+    chosen = torch.where((distinct[..., :top] >= blocks) | dropped, -1, distinct[..., :top]).to(torch.int32)
+    map_shape = (batch if per_map[0] else 1, heads if per_map[1] else 1, -(-seq_q // tile[0]), -(-seq_k // tile[1]))
+    static = torch.randint(0, 3, map_shape, generator=gen).to(torch.int8)
+    kept_shape = (map_shape[0], heads if kept_per_head else map_shape[1]) + map_shape[2:]  # keep may read h alone
+    kept = torch.where(torch.rand(kept_shape, generator=gen) < 0.3, static, 0)
+    kept = torch.where((kept == 2) & (torch.rand(kept_shape, generator=gen) < 0.5), 1, kept).to(torch.int8)
+    route, entry_chunk = module.ROUTE, module.ENTRY_CHUNK
+    module.ROUTE, module.ENTRY_CHUNK = dict(route, qblock=qblock, block=block, top=top), {"cpu": chunk}
+    try:
+        tables = module.routed_tile_tables(chosen, static, kept, seq_q, seq_k, heads, *tile)
+        dense = module.routed_kinds(chosen, static, kept, seq_q, seq_k, heads, *tile)
+    finally:
+        module.ROUTE, module.ENTRY_CHUNK = route, entry_chunk
+    forward, backward = tile_lists_by_loops(chosen, static, kept, seq_q, seq_k, heads, *tile, qblock, block)
+    assert listed_tiles(tables, "forward") == forward
+    assert listed_tiles(tables, "backward") == backward
+    assert (tables["map_batch"], tables["map_heads"]) == (batch, heads)
+    assert {key: (full, partial) for key, (full, partial) in forward.items()} == {
+        (b, h, r): ([n for n in range(dense.shape[3]) if dense[b, h, r, n] == 2],
+                    [n for n in range(dense.shape[3]) if dense[b, h, r, n] == 1])
+        for b, h, r in itertools.product(*map(range, dense.shape[:3])) if bool((dense[b, h, r] != 0).any())}
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(st.integers(0, 60), max_size=80), weighted=st.booleans(), space=st.sampled_from([61, 1000, None]))
+def test_summing_by_key_counts_or_sorts_alike(keys, weighted, space):
+    """`_summed` (the tables' group-by), by a dense count or by a sort, against a dict."""
+    from attnlang.codegen.runtime import load_module
+    from attnlang.codegen.template import standalone_source
+    module = load_module(standalone_source(attnlang.stdlib()["moba"].bind(block=16, top=2).ir, (16, 16)),
+                         "routed_tables_standalone", interpret=True)
+    weights = [3 * key % 7 for key in keys]
+    expected = {}
+    for key, weight in zip(keys, weights):
+        expected[key] = expected.get(key, 0) + (weight if weighted else 1)
+    distinct, sums = module._summed(torch.tensor(keys, dtype=torch.int64),
+                                    torch.tensor(weights, dtype=torch.int64) if weighted else None, space)
+    assert distinct.tolist() == sorted(expected) and sums.tolist() == [expected[key] for key in sorted(expected)]

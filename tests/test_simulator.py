@@ -251,6 +251,34 @@ def test_the_gathered_schedule_is_priced_by_its_own_kernels_counts(lib):
                     route_schedule="gathered").breakdown["gathered"] == pytest.approx(modelled.breakdown["gathered"])
 
 
+def test_compiled_costs_pick_per_token_routings_schedule_by_each_schedules_kernels(lib, monkeypatch):
+    """simulate(costs="compiled") with the schedule left to it compiles each schedule's kernels
+    and prices each by its own: a schedule made heavy in its compiled counts loses."""
+    import attnlang.simulator as simulator
+    from attnlang.simulator import TileInstructions
+    kernels = ("forward", "backward_kv", "backward_q")
+    compiled = []
+
+    def fake(pattern, hw, block, head_dim, dtype, seq, inputs=None, seq_k=None, route_schedule=None):
+        compiled.append((route_schedule, seq, seq_k))
+        heavy = {"tiles": 1, "gathered": 100}[route_schedule] if route_schedule else 1
+        return TileInstructions("sm_90", {k: (2000 * heavy, 3000 * heavy) for k in kernels} |
+                                {f"gathered_{k}": (3000 * heavy, 3000 * heavy) for k in kernels})
+
+    monkeypatch.setattr(simulator, "compiled_instructions", fake)
+    result = simulate(lib["moba"], seq=16384, costs="compiled", backward=True)
+    assert result.breakdown["gathered"] == 0.0  # tile-major: the gathered kernels were made heavy
+    assert {c[0] for c in compiled} == {"gathered", "tiles"}
+    grid = attnlang.parse("""pattern g() {
+    grid (y, x) = (6, 10)
+    input doc: int[tokens]
+    mask abs(q.y - k.y) <= 1 and doc[q] == doc[k]
+}""")["g"]
+    compiled.clear()
+    simulate(grid, seq=60, block=(16, 16), layout="4x4", inputs={"doc": [0] * 30 + [1] * 30}, costs="compiled")
+    assert compiled == [(None, 60, 60)]  # the row-major kernel at the inputs' own lengths, not the padded 64
+
+
 def test_calibration_recovers_known_efficiencies(lib):
     """Synthetic 'measurements' made by the model with known parameters are fitted back."""
     import dataclasses

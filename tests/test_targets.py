@@ -94,6 +94,17 @@ def test_a_report_describes_the_compiled_kernels(reports):
 
 
 @needs_toolchain
+def test_compile_report_of_a_laid_out_pattern_runs_at_the_layouts_lengths(capsys):
+    code = main(["compile", "neighborhood2d.attn", "neighborhood2d", "-D", "height=6", "-D", "width=10", "-D",
+                 "kernel=3", "--layout", "4x4", "--block", "16", "--seq", "60", "--report", "--json", "--target",
+                 "sm_90", "--head-dim", "16"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "96 x 96 tokens in layout 4x4's order" in err  # the 6 x 10 grid padded to 8 x 12
+    assert {tuple(k["grid"]) for k in json.loads(out)["kernels"]} == {(6, 16)}  # 96 positions, 16 a tile
+
+
+@needs_toolchain
 def test_compile_report_on_the_command_line(reports, capsys):
     code = main(["compile", "causal.attn", "causal", "--report", "--json", "--target", "sm_90", "--head-dim",
                  "64", "--block", "auto", "--hw", "h100", "--seq", "16384"])
