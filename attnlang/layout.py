@@ -181,7 +181,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     if pattern.route is not None and not routes_regions:
         raise AttnlangError(f"pattern '{pattern.name}' routes by content over blocks of tokens: only row-major is "
                             "supported for it")
-    replacements, ranges, valid, real = {}, {}, [], {}
+    replacements, ranges, real = {}, {}, {}  # real: per side, whether a position is a token
     for side, tiling, length in (("q", layout.q, seq_q), ("k", layout.k, seq_k)):
         replacements[ir.Var(f"n_{side}", INT)] = _const(length)
         if tiling is None:
@@ -191,8 +191,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
             ranges[atom] = (0, size - 1)  # for real tokens; padding is masked out below
         replacements[ir.Var(side, INT)] = _flat(atoms, tiling.strides)
         coords = tiling.coordinates(ir.Var(side, INT))
-        valid.append(tiling.valid(coords))
-        real[side] = valid[-1]
+        real[side] = tiling.valid(coords)
         replacements.update(zip(atoms, coords))
 
     def rewrite(expr: ir.Expr) -> ir.Expr:
@@ -204,7 +203,7 @@ def apply(pattern: ir.PatternIR, layout: Layout, seq_q: int, seq_k: int) -> ir.P
     def laid_out(expr: ir.Expr) -> ir.Expr:
         return _guarded_loads(rewrite(expr), real)
 
-    mask = fold_constants(_conjunction(valid + [laid_out(pattern.mask)]))
+    mask = fold_constants(_conjunction(list(real.values()) + [laid_out(pattern.mask)]))
     # in the region layout each region is `block` contiguous tokens: it routes as plain blocks
     route = pattern.route and replace(pattern.route, keep=laid_out(pattern.route.keep), region=None)
     # inputs stay in token order: a position reads them at its token (rewritten above), sized by

@@ -366,15 +366,16 @@ def simulate(pattern_or_blockmap, seq: int | None = None, heads: int = 16, head_
         from .routing import gathered_tiles, merge_seconds, routed_kinds, selection_seconds
         from .routing import check_schedule
         check_schedule(pattern, route_schedule)
-        if pattern.route.query_block == 1 and route_schedule is None:
+        if pattern.route.query_block == 1 and route_schedule is None:  # what the kernel picks, priced once
+            fitting = _fitting_schedules(block_map, batch, heads, head_dim, hw)
             per_schedule = costs
-            if costs == "compiled":  # each schedule by its own kernels (the gathered ones where they fit)
-                fitting = ("gathered", "tiles") if _gathered_fits(block_map, batch, heads, head_dim, hw) else ("tiles",)
+            if costs == "compiled":  # each schedule by its own kernels
                 per_schedule = {schedule: _instructions(costs, pattern_or_blockmap, block_map, hw, head_dim, dtype,
                                                         inputs, schedule) for schedule in fitting}
-            route_schedule = route_schedule_for(block_map, heads, head_dim, dtype, batch, hw, backward,
-                                                placement=placement, compute_only=compute_only,
-                                                partial_as_full=partial_as_full, costs=per_schedule)
+            results = _schedule_results(block_map, fitting, heads, head_dim, dtype, batch, hw, backward,
+                                        placement=placement, compute_only=compute_only,
+                                        partial_as_full=partial_as_full, costs=per_schedule)
+            return min(results.values(), key=lambda result: result.time_ms)
         if route_schedule == "gathered":  # per token: the kept pairs tile-major, the chosen blocks gathered
             kinds, gathered = routed_kinds(block_map, kept_only=True), gathered_tiles(block_map, backward)
         else:
@@ -429,21 +430,27 @@ def route_schedule_for(block_map, heads: int | None = None, head_dim: int = 128,
     again for the backward's dQ slots), would take over a quarter of the device's memory."""
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     heads = block_map.heads if heads is None else heads
-    if not _gathered_fits(block_map, batch, heads, head_dim, hw):
-        return "tiles"
-    costs = options.pop("costs", "model")  # as simulate's, or per schedule (a dict)
-    times = {schedule: simulate(block_map, heads=heads, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hw,
-                                backward=backward, route_schedule=schedule,
-                                costs=costs[schedule] if isinstance(costs, dict) else costs, **options).time_ms
-             for schedule in ("gathered", "tiles")}
-    return min(times, key=times.get)
+    fitting = _fitting_schedules(block_map, batch, heads, head_dim, hw)
+    results = _schedule_results(block_map, fitting, heads, head_dim, dtype, batch, hw, backward, **options)
+    return min(results, key=lambda schedule: results[schedule].time_ms)
 
 
-def _gathered_fits(block_map, batch: int, heads: int, head_dim: int, hw: Hardware) -> bool:
-    """Whether the gathered schedule's workspace takes at most a quarter of the device's memory."""
+def _fitting_schedules(block_map, batch: int, heads: int, head_dim: int, hw: Hardware) -> tuple[str, ...]:
+    """The schedules per-token routing may run: the gathered one only where its workspace takes at
+    most a quarter of the device's memory."""
     from .routing import gathered_workspace_bytes
     workspace = gathered_workspace_bytes(block_map.pattern.route, block_map.seq_q, batch, heads, head_dim)
-    return hw.memory_gb is None or workspace <= hw.memory_gb * 1e9 / 4
+    fits = hw.memory_gb is None or workspace <= hw.memory_gb * 1e9 / 4
+    return ("gathered", "tiles") if fits else ("tiles",)
+
+
+def _schedule_results(block_map, schedules, heads, head_dim, dtype, batch, hw, backward, **options) -> dict:
+    """`simulate` of each schedule; `costs` as simulate's, or one per schedule (a dict)."""
+    costs = options.pop("costs", "model")
+    return {schedule: simulate(block_map, heads=heads, head_dim=head_dim, dtype=dtype, batch=batch, hardware=hw,
+                               backward=backward, route_schedule=schedule,
+                               costs=costs[schedule] if isinstance(costs, dict) else costs, **options)
+            for schedule in schedules}
 
 
 def tile_seconds(pattern: ir.PatternIR, hw: Hardware, block: tuple[int, int], head_dim: int = 128,

@@ -553,24 +553,52 @@ def classify_tiles(Kinds, INPUTS, stride_input, stride_input_b, INPUT_LEN, INPUT
     tl.store(Kinds + (tl.program_id(2) * tl.num_programs(0) + start_m) * tl.num_programs(1) + start_n, kind)
 
 
-def _indices(selected):
-    """Per-row counts and ascending column indices of the selected tiles."""
-    counts = selected.sum(-1).to(torch.int32)
-    order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return counts.contiguous(), order[..., :max(int(counts.max()), 1)].contiguous()
+def _listed(rows, values, n_rows):
+    """Per row, the count and the values of entries sorted by row: (n_rows,) and (n_rows, width)."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    table = torch.zeros((n_rows, max(int(counts.max()), 1)), dtype=torch.int32, device=rows.device)
+    within = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    table[rows, within] = values.to(torch.int32)
+    return counts.to(torch.int32), table
 
 
-def _runs(selected):
-    """Per-row counts and (first, count) runs of adjacent selected tiles."""
-    before = torch.nn.functional.pad(selected[..., :-1], (1, 0))
-    after = torch.nn.functional.pad(selected[..., 1:], (0, 1))
-    counts, firsts = _indices(selected & ~before)
-    _, lasts = _indices(selected & ~after)
-    return counts, torch.stack([firsts, lasts - firsts + 1], dim=-1).contiguous()
+def _entry_tables(rows, columns, kinds, n_rows):
+    """The tables of tiles given as entries sorted by (row, column): FULL runs, PARTIAL indices."""
+    full_rows, full_columns = rows[kinds == 2], columns[kinds == 2]
+    begins = torch.ones_like(full_rows, dtype=torch.bool)
+    begins[1:] = (full_rows[1:] != full_rows[:-1]) | (full_columns[1:] != full_columns[:-1] + 1)
+    begins = torch.nonzero(begins).flatten()
+    lengths = torch.diff(begins, append=begins.new_full((1,), full_rows.numel()))
+    full_num, firsts = _listed(full_rows[begins], full_columns[begins], n_rows)
+    runs = torch.stack([firsts, _listed(full_rows[begins], lengths, n_rows)[1]], dim=-1)
+    return [(full_num, runs), _listed(rows[kinds == 1], columns[kinds == 1], n_rows)]
 
 
-def _kernel_tables(kinds):
-    return [_runs(kinds == 2), _indices(kinds == 1)]
+def _entries_tables(keys, kinds, heads, tiles_m, tiles_n):
+    """Forward and backward tables, rows flat, of the sorted tile entries of `heads` heads."""
+    head, tile = keys // (tiles_m * tiles_n), keys % (tiles_m * tiles_n)
+    row, column = tile // tiles_n, tile % tiles_n
+    transposed, order = torch.sort((head * tiles_n + column) * tiles_m + row)
+    return {"forward": _entry_tables(head * tiles_m + row, column, kinds, heads * tiles_m),
+            "backward": _entry_tables(transposed // tiles_m, transposed % tiles_m, kinds[order], heads * tiles_n)}
+
+
+def _joined(tensors, shape):
+    """Row chunks of one table, padded to the widest and joined, as (B, H, tiles, ...)."""
+    width = max(t.shape[1] for t in tensors) if tensors[0].dim() > 1 else 0
+    padded = [torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]) if t.dim() > 1 else t
+              for t in tensors]
+    joined = torch.cat(padded)
+    return joined.view(*shape, *joined.shape[1:])
+
+
+def _assembled(chunks, batch, heads, tiles_m, tiles_n):
+    """The tables of `_entries_tables` chunks of consecutive heads, as (B, H, tiles, ...) tables."""
+    tables = {"map_batch": batch, "map_heads": heads}
+    for direction, tiles in (("forward", tiles_m), ("backward", tiles_n)):
+        tables[direction] = [tuple(_joined([chunk[direction][t][i] for chunk in chunks], (batch, heads, tiles))
+                                   for i in range(2)) for t in range(2)]
+    return tables
 
 
 def stack_inputs(inputs, device):
@@ -623,10 +651,11 @@ def classify(seq_q, seq_k, heads, inputs, device, tile_m, tile_n, batch=1, pairs
 
 def tables_of(kinds):
     """The kernels' forward (by query tile) and backward (by key tile) tables of a tile map
-    (map batch, map heads, tiles_m, tiles_n)."""
-    transposed = kinds.transpose(-1, -2).contiguous()
-    return {"forward": _kernel_tables(kinds), "backward": _kernel_tables(transposed),
-            "map_batch": kinds.shape[0], "map_heads": kinds.shape[1]}
+    (map batch, map heads, tiles_m, tiles_n): its non-empty tiles as entries."""
+    batch, heads, tiles_m, tiles_n = kinds.shape
+    keys = torch.nonzero(kinds.flatten()).flatten()
+    return _assembled([_entries_tables(keys, kinds.flatten()[keys], batch * heads, tiles_m, tiles_n)],
+                      batch, heads, tiles_m, tiles_n)
 
 
 def block_tables(seq_q, seq_k, heads, inputs, device, block_m=BLOCK[0], block_n=BLOCK[1], batch=1):
@@ -993,6 +1022,8 @@ def routed_entries(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
     # entries one selection builds: its (unit, block, tile row, tile column) reaches at most, and
     # the tiles of the heads it serves
     reach = units * top * _spans(ROUTE["qblock"], block_m) * _spans(ROUTE["block"], block_n)
+    units_over_row = _overlaps(seq_q, block_m, ROUTE["qblock"]).to(device)  # (unit, block) pairs a FULL tile needs
+    blocks_over_column = _overlaps(seq_k, block_n, ROUTE["block"]).to(device)
     budget = ENTRY_CHUNK.get(device.type, ENTRY_CHUNK["cpu"])
     step = max(1, budget // (reach + share * min(reach, per_head)))  # selections a chunk takes
     starts = range(0, batch * shared, step)
@@ -1014,9 +1045,7 @@ def routed_entries(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
         map_tile = (((head // heads % map_batch) * map_heads + head % heads % map_heads) * tiles_m + row) * tiles_n \
             + column
         static_kind, kept_kind = static.flatten()[map_tile], kept.flatten()[map_tile]
-        needed = (_overlaps(seq_q, block_m, ROUTE["qblock"]).to(device)[row] *
-                  _overlaps(seq_k, block_n, ROUTE["block"]).to(device)[column])
-        full = (static_kind == 2) & ((hits == needed) | (kept_kind == 2))
+        full = (static_kind == 2) & ((hits == units_over_row[row] * blocks_over_column[column]) | (kept_kind == 2))
         reached = static_kind != 0  # each key is a tile a chosen block reaches, or a kept one
         yield first, count, keys[reached], torch.where(full, 2, 1).to(torch.int8)[reached]
 
@@ -1031,56 +1060,13 @@ def routed_kinds(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
     return tiles.view(shape)
 
 
-def _listed(rows, values, n_rows):
-    """Per row, the count and the values of entries sorted by row: (n_rows,) and (n_rows, width)."""
-    counts = torch.bincount(rows, minlength=n_rows)
-    table = torch.zeros((n_rows, max(int(counts.max()), 1)), dtype=torch.int32, device=rows.device)
-    within = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    table[rows, within] = values.to(torch.int32)
-    return counts.to(torch.int32), table
-
-
-def _entry_tables(rows, columns, kinds, n_rows):
-    """`_kernel_tables` of tiles given as entries sorted by (row, column): FULL runs, PARTIAL indices."""
-    full_rows, full_columns = rows[kinds == 2], columns[kinds == 2]
-    begins = torch.ones_like(full_rows, dtype=torch.bool)
-    begins[1:] = (full_rows[1:] != full_rows[:-1]) | (full_columns[1:] != full_columns[:-1] + 1)
-    begins = torch.nonzero(begins).flatten()
-    lengths = torch.diff(begins, append=begins.new_full((1,), full_rows.numel()))
-    full_num, firsts = _listed(full_rows[begins], full_columns[begins], n_rows)
-    runs = torch.stack([firsts, _listed(full_rows[begins], lengths, n_rows)[1]], dim=-1)
-    return [(full_num, runs), _listed(rows[kinds == 1], columns[kinds == 1], n_rows)]
-
-
-def _entries_tables(keys, kinds, heads, tiles_m, tiles_n):
-    """Forward and backward tables, rows flat, of the sorted tile entries of `heads` heads."""
-    head, tile = keys // (tiles_m * tiles_n), keys % (tiles_m * tiles_n)
-    row, column = tile // tiles_n, tile % tiles_n
-    transposed, order = torch.sort((head * tiles_n + column) * tiles_m + row)
-    return {"forward": _entry_tables(head * tiles_m + row, column, kinds, heads * tiles_m),
-            "backward": _entry_tables(transposed // tiles_m, transposed % tiles_m, kinds[order], heads * tiles_n)}
-
-
-def _joined(tensors, shape):
-    """Row chunks of one table, padded to the widest and joined, as (B, H, tiles, ...)."""
-    width = max(t.shape[1] for t in tensors) if tensors[0].dim() > 1 else 0
-    padded = [torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]) if t.dim() > 1 else t
-              for t in tensors]
-    joined = torch.cat(padded)
-    return joined.view(*shape, *joined.shape[1:])
-
-
 def routed_tile_tables(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n):
     """The kernels' forward and backward tables (as `tables_of`) of one selection, from its tile
     entries a chunk of heads at a time: memory beyond the tables is a chunk's, never a tile map."""
     batch, tiles_m, tiles_n = chosen.shape[0], triton.cdiv(seq_q, block_m), triton.cdiv(seq_k, block_n)
     chunks = [_entries_tables(keys, kinds, count, tiles_m, tiles_n) for _, count, keys, kinds in
               routed_entries(chosen, static, kept, seq_q, seq_k, heads, block_m, block_n)]
-    tables = {"map_batch": batch, "map_heads": heads}
-    for direction, tiles in (("forward", tiles_m), ("backward", tiles_n)):
-        tables[direction] = [tuple(_joined([chunk[direction][t][i] for chunk in chunks], (batch, heads, tiles))
-                                   for i in range(2)) for t in range(2)]
-    return tables
+    return _assembled(chunks, batch, heads, tiles_m, tiles_n)
 
 
 def routed_tables(q, k, inputs, maps, block_m, block_n, schedule=None):
